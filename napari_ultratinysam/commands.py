@@ -1,0 +1,133 @@
+"""Core subcommands: `utsam info`, `utsam segment`, `utsam export-onnx`."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+
+def _parse_point(text: str) -> tuple[float, float, int]:
+    parts = text.split(",")
+    if len(parts) not in (2, 3):
+        raise argparse.ArgumentTypeError(f"--point {text!r}: expected X,Y or X,Y,LABEL")
+    try:
+        x, y = float(parts[0]), float(parts[1])
+        lab = int(parts[2]) if len(parts) == 3 else 1
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--point {text!r}: X and Y must be numbers, LABEL 0 or 1") from None
+    if lab not in (0, 1):
+        raise argparse.ArgumentTypeError(f"--point {text!r}: LABEL must be 1 (positive) or 0 (negative)")
+    return x, y, lab
+
+
+def _parse_box(text: str) -> tuple[float, float, float, float]:
+    try:
+        v = [float(t) for t in text.split(",")]
+    except ValueError:
+        v = []
+    if len(v) != 4:
+        raise argparse.ArgumentTypeError(f"--box {text!r}: expected X0,Y0,X1,Y1")
+    return tuple(v)
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--checkpoint", type=Path, help="a .safetensors checkpoint (default: the shipped weights)")
+    g.add_argument("--onnx", type=Path, help="a folder with encoder.onnx + decoder.onnx (utsam export-onnx)")
+    p.add_argument("--backend", choices=["torch", "onnx"], default="torch", help="inference backend")
+    p.add_argument("--threads", type=int, default=1, help="intra-op threads (default 1)")
+
+
+def make_predictor(args, **kw):
+    from .predictor import Predictor
+
+    if getattr(args, "onnx", None):
+        return Predictor.from_onnx(args.onnx, threads=args.threads, **kw)
+    if getattr(args, "checkpoint", None):
+        return Predictor.from_checkpoint(args.checkpoint, backend=args.backend, threads=args.threads, **kw)
+    return Predictor.from_default(backend=args.backend, threads=args.threads, **kw)
+
+
+def read_image(path: Path) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"image {path} does not exist")
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im)
+    except (UnidentifiedImageError, OSError) as e:
+        raise ValueError(f"image {path}: cannot be read ({e})") from None
+
+
+def cmd_info(args) -> int:
+    import torch
+
+    from .checkpoints import load_model
+    from .network.build import build_model, mac_table, param_table
+
+    torch.set_num_threads(1)
+    model = load_model(args.checkpoint) if args.checkpoint else build_model(args.config)
+    cfg = model.cfg
+    print(f"model: {cfg.name}  trunk: {cfg.trunk}  input: {cfg.image_size}x{cfg.image_size}")
+    print(f"{'part':32s} {'parameters':>12s}")
+    for name, n in param_table(model):
+        print(f"{name:32s} {n:12,d}")
+    print(f"\n{'part':32s} {'GMACs':>10s}")
+    for name, n in mac_table(model):
+        print(f"{name:32s} {n / 1e9:10.4f}")
+    return 0
+
+
+def cmd_segment(args) -> int:
+    from PIL import Image
+
+    from .io_utils import atomic_path
+
+    if not args.point and not args.box:
+        raise ValueError("give at least one --point X,Y[,LABEL] or a --box X0,Y0,X1,Y1")
+    image = read_image(args.image)
+    pred = make_predictor(args, zoom_refine=not args.no_zoom)
+    pred.set_image(image)
+    pts = np.array([p[:2] for p in args.point], np.float32) if args.point else None
+    lab = np.array([p[2] for p in args.point], np.int64) if args.point else None
+    r = pred.predict(points=pts, labels=lab, box=args.box, multimask=None)
+    mask = r.masks[0]
+    with atomic_path(args.output, suffix=args.output.suffix) as tmp:
+        Image.fromarray((mask * 255).astype(np.uint8)).save(tmp, format="PNG")
+    print(f"{args.output}: {int(mask.sum())} px ({100 * mask.mean():.1f} %), predicted IoU {r.scores[0]:.3f}")
+    return 0
+
+
+def cmd_export_onnx(args) -> int:
+    from .checkpoints import DEFAULT_CHECKPOINT, load_model
+    from .runtime import export_onnx
+
+    model = load_model(args.checkpoint or DEFAULT_CHECKPOINT)
+    out = export_onnx(model, args.output, opset=args.opset)
+    print(f"wrote {out / 'encoder.onnx'}, {out / 'decoder.onnx'}, {out / 'config.json'}")
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("info", help="parameters and MACs per part of a model")
+    p.add_argument("--config", default="ultratinysam", help="preset name in model/configs or a YAML path")
+    p.add_argument("--checkpoint", type=Path, help="describe this checkpoint instead of a preset")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("segment", help="segment one object in an image from points and/or a box")
+    p.add_argument("image", type=Path)
+    p.add_argument("--point", action="append", type=_parse_point, default=[], metavar="X,Y[,LABEL]",
+                   help="a click in image pixels; LABEL 1 positive (default) or 0 negative; repeatable")
+    p.add_argument("--box", type=_parse_box, metavar="X0,Y0,X1,Y1")
+    p.add_argument("-o", "--output", type=Path, required=True, help="output mask PNG (0/255)")
+    p.add_argument("--no-zoom", action="store_true", help="disable zoom-in refinement")
+    add_model_args(p)
+    p.set_defaults(func=cmd_segment)
+
+    p = sub.add_parser("export-onnx", help="export encoder.onnx + decoder.onnx for the onnxruntime backend")
+    p.add_argument("--checkpoint", type=Path, help="default: the shipped weights")
+    p.add_argument("-o", "--output", type=Path, required=True, help="output folder")
+    p.add_argument("--opset", type=int, default=17)
+    p.set_defaults(func=cmd_export_onnx)

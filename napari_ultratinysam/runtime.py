@@ -1,0 +1,158 @@
+"""Inference backends behind one interface: ``encode(image_input) -> features`` and
+``decode(features, coords, labels, mask_input) -> (lowres logits (4, l, l), iou (4,), object logit)``.
+
+* TorchBackend: the model in eager torch (1 intra-op thread by default on these small tensors).
+* OnnxBackend: ``encoder.onnx`` + ``decoder.onnx`` written by :func:`export_onnx`, run by onnxruntime with full
+  graph optimisation, 1 thread, no busy-waiting.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .config import ModelConfig, from_dict, to_dict
+from .io_utils import atomic_path, atomic_write_json
+
+ENCODER_OUTPUTS = ("feat_s0", "feat_s1", "embed")
+
+
+class TorchBackend:
+    name = "torch"
+
+    def __init__(self, model, threads: int | None = 1):
+        self.model = model.eval()
+        self.cfg: ModelConfig = model.cfg
+        self.threads = threads
+        self.image_size = self.cfg.image_size
+        self.lowres_size = self.cfg.image_size // 4
+
+    def _threads(self):
+        if self.threads:
+            torch.set_num_threads(self.threads)
+
+    def encode(self, x: np.ndarray) -> dict[str, torch.Tensor]:
+        self._threads()
+        with torch.inference_mode():
+            return self.model.encode(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
+
+    def decode(self, feats, coords: np.ndarray, labels: np.ndarray, mask_input: np.ndarray | None):
+        self._threads()
+        with torch.inference_mode():
+            m = None if mask_input is None else torch.from_numpy(mask_input.reshape(1, 1, *mask_input.shape[-2:]))
+            logits, iou, obj = self.model.decode(feats, torch.from_numpy(coords[None]), torch.from_numpy(labels[None]),
+                                                 m)
+        return logits[0].numpy(), iou[0].numpy(), float(obj[0, 0])
+
+
+def _session(path: Path, threads: int):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.intra_op_num_threads = max(1, threads)
+    so.inter_op_num_threads = 1
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so.log_severity_level = 3
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+class OnnxBackend:
+    name = "onnx"
+
+    def __init__(self, folder: str | Path, threads: int = 1):
+        folder = Path(folder)
+        for f in ("encoder.onnx", "decoder.onnx", "config.json"):
+            if not (folder / f).is_file():
+                raise FileNotFoundError(f"ONNX model folder {folder}: {f} is missing (write it with utsam export-onnx)")
+        try:
+            meta = json.loads((folder / "config.json").read_text())
+            self.cfg = from_dict(ModelConfig, meta["model"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"ONNX model folder {folder}: config.json is not valid ({e})") from None
+        self.folder = folder
+        self.image_size = self.cfg.image_size
+        self.lowres_size = self.cfg.image_size // 4
+        try:
+            self.enc = _session(folder / "encoder.onnx", threads)
+            self.dec = _session(folder / "decoder.onnx", threads)
+        except Exception as e:
+            raise ValueError(f"ONNX model folder {folder}: onnxruntime cannot load it "
+                             f"({str(e).splitlines()[0]})") from None
+        self._enc_out = [o.name for o in self.enc.get_outputs()]
+        l = self.lowres_size
+        self._zero_mask = np.zeros((1, 1, l, l), np.float32)
+
+    def encode(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        outs = self.enc.run(None, {"image": np.ascontiguousarray(x, dtype=np.float32)})
+        return dict(zip(self._enc_out, outs))
+
+    def decode(self, feats, coords: np.ndarray, labels: np.ndarray, mask_input: np.ndarray | None):
+        has = np.array([0.0 if mask_input is None else 1.0], np.float32)
+        m = self._zero_mask if mask_input is None else mask_input.reshape(1, 1, *mask_input.shape[-2:]).astype(
+            np.float32)
+        feed = {k: feats[k] for k in ENCODER_OUTPUTS if k in feats}
+        feed.update({"point_coords": coords[None].astype(np.float32), "point_labels": labels[None].astype(np.float32),
+                     "mask_input": m, "has_mask_input": has})
+        logits, iou, obj = self.dec.run(None, feed)
+        return logits[0], iou[0], float(obj[0, 0])
+
+
+class _EncoderWrapper(torch.nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, image):
+        f = self.model.encode(image)
+        return tuple(f[k] for k in ENCODER_OUTPUTS if k in f)
+
+
+class _DecoderWrapper(torch.nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, feat_s0, feat_s1, embed, point_coords, point_labels, mask_input, has_mask_input):
+        feats = {"feat_s0": feat_s0, "feat_s1": feat_s1, "embed": embed}
+        return self.model.decode(feats, point_coords, point_labels, mask_input, has_mask_input)
+
+
+def export_onnx(model, out_dir: str | Path, opset: int = 17) -> Path:
+    """Write ``encoder.onnx``, ``decoder.onnx`` and ``config.json`` to ``out_dir`` (each file atomically).
+
+    Uses the TorchScript exporter (``dynamo=False``), fixed 1x3xSxS image input and a dynamic number of points.
+    """
+    import warnings
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model = model.eval()
+    cfg = model.cfg
+    if not cfg.use_high_res_features:
+        raise ValueError("ONNX export needs use_high_res_features=true")
+    s, l = cfg.image_size, cfg.image_size // 4
+    x = torch.zeros(1, 3, s, s)
+    with torch.no_grad():
+        feats = model.encode(x)
+    args = (feats["feat_s0"], feats["feat_s1"], feats["embed"], torch.full((1, 2, 2), s / 2.0),
+            torch.tensor([[1.0, 0.0]]), torch.zeros(1, 1, l, l), torch.zeros(1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with atomic_path(out / "encoder.onnx") as tmp:
+            torch.onnx.export(_EncoderWrapper(model), (x,), str(tmp), dynamo=False, opset_version=opset,
+                              input_names=["image"], output_names=list(ENCODER_OUTPUTS), do_constant_folding=True)
+        with atomic_path(out / "decoder.onnx") as tmp:
+            torch.onnx.export(_DecoderWrapper(model), args, str(tmp), dynamo=False, opset_version=opset,
+                              input_names=["feat_s0", "feat_s1", "embed", "point_coords", "point_labels",
+                                           "mask_input", "has_mask_input"],
+                              output_names=["lowres_logits", "iou_predictions", "object_score_logits"],
+                              dynamic_axes={"point_coords": {1: "num_points"}, "point_labels": {1: "num_points"}},
+                              do_constant_folding=True)
+    from .transforms import PIXEL_MEAN, PIXEL_STD
+
+    atomic_write_json(out / "config.json", {"model": to_dict(cfg), "pixel_mean": PIXEL_MEAN, "pixel_std": PIXEL_STD,
+                                            "opset": opset})
+    return out

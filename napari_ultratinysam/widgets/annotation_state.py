@@ -1,0 +1,584 @@
+"""Pure annotation logic behind the napari annotator: no Qt, no napari.
+
+Everything the annotator widget does to arrays lives here, so it is testable with plain numpy:
+
+- ``rc_to_xy`` / ``box_from_rect``: the ONE conversion from napari layer coordinates (row, col) = (y, x) to the
+  predictor's image-pixel (x, y) convention;
+- ``Prompt`` (points, labels, box) and ``Candidates`` (multimask results, best first, cycling);
+- ``PreviewBuffer``: writes a mask into an existing preview array in place, touching only the changed region;
+- ``AnnotationModel``: instance-id map + id -> class dict + an undo/redo stack of commits, deletions and re-classing.
+  Each edit stores only the pixels it changed and their previous values; undo/redo restores a pixel only while it
+  still holds the value the edit wrote, so brush/eraser edits made in napari in between are left intact;
+- class lists (default: the 11 CamVid classes) and colour maps (class colours, instance colours);
+- ``PredictorSession``: the predictor plus the per-image embedding bookkeeping, used only on the worker thread.
+"""
+from __future__ import annotations
+
+import colorsys
+from dataclasses import dataclass, field
+from typing import Any, Callable, Hashable, Sequence
+
+import numpy as np
+
+# --------------------------------------------------------------------------------------------------- coordinates
+
+
+def rc_to_xy(rc: Sequence[float] | np.ndarray) -> np.ndarray:
+    """napari layer coordinates (..., 2) as (row, col) -> predictor image pixels (..., 2) as (x, y).
+
+    The predictor takes (x, y) = (col, row); napari stores (row, col). This is the only place that swaps them.
+    """
+    a = np.asarray(rc, dtype=np.float32)
+    if a.shape[-1] != 2:
+        raise ValueError(f"rc_to_xy: expected (..., 2) (row, col) coordinates, got shape {a.shape}")
+    return a[..., ::-1].copy()
+
+
+def box_from_rect(vertices_rc: np.ndarray) -> np.ndarray:
+    """A napari rectangle (its vertices, (4, 2) as (row, col), any order/rotation-free) -> (x0, y0, x1, y1)."""
+    xy = rc_to_xy(np.asarray(vertices_rc, dtype=np.float32)[:, -2:])
+    x0, y0 = xy.min(axis=0)
+    x1, y1 = xy.max(axis=0)
+    return np.array([x0, y0, x1, y1], dtype=np.float32)
+
+
+def clip_box(box: np.ndarray, hw: tuple[int, int]) -> np.ndarray | None:
+    """Clip a box (x0, y0, x1, y1) to an image of (h, w); None when nothing of it is left."""
+    h, w = hw
+    b = np.asarray(box, dtype=np.float32).copy()
+    b[[0, 2]] = np.clip(b[[0, 2]], 0, w - 1)
+    b[[1, 3]] = np.clip(b[[1, 3]], 0, h - 1)
+    if b[2] - b[0] < 1 or b[3] - b[1] < 1:
+        return None
+    return b
+
+
+def inside(rc: Sequence[float], hw: tuple[int, int]) -> bool:
+    """Whether a (row, col) position falls on a pixel of an image of (h, w)."""
+    r, c = float(rc[0]), float(rc[1])
+    return -0.5 <= r < hw[0] - 0.5 and -0.5 <= c < hw[1] - 0.5
+
+
+# -------------------------------------------------------------------------------------------------------- prompts
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """What the predictor is asked: points (N, 2) as (x, y) image pixels, labels (N,) 1/0, optional box."""
+
+    points: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.float32))
+    labels: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.int64))
+    box: np.ndarray | None = None
+
+    @property
+    def empty(self) -> bool:
+        return len(self.points) == 0 and self.box is None
+
+    @classmethod
+    def from_layers(cls, points_rc: np.ndarray, positive: Sequence[bool] | np.ndarray, box_rect_rc=None,
+                    image_hw: tuple[int, int] | None = None) -> "Prompt":
+        """Build from napari data: Points data (N, >=2) rows/cols last, a positive flag per point, a rectangle."""
+        pts = np.asarray(points_rc, dtype=np.float32)
+        xy = rc_to_xy(pts.reshape(len(pts), -1)[:, -2:]) if pts.size else np.zeros((0, 2), np.float32)
+        lab = np.asarray(positive, dtype=bool).astype(np.int64).reshape(-1)
+        if len(lab) != len(xy):
+            raise ValueError(f"Prompt: {len(xy)} points but {len(lab)} labels")
+        box = None
+        if box_rect_rc is not None:
+            box = box_from_rect(box_rect_rc)
+            if image_hw is not None:
+                box = clip_box(box, image_hw)
+        return cls(xy, lab, box)
+
+    def predictor_kwargs(self) -> dict:
+        return {
+            "points": self.points if len(self.points) else None,
+            "labels": self.labels if len(self.labels) else None,
+            "box": self.box,
+        }
+
+
+class Candidates:
+    """The masks of one prediction, best-scored first, with a cursor for multimask cycling."""
+
+    def __init__(self, masks: np.ndarray, scores: np.ndarray, lowres: np.ndarray | None = None):
+        masks = np.asarray(masks, dtype=bool)
+        if masks.ndim == 2:
+            masks = masks[None]
+        scores = np.asarray(scores, dtype=np.float32).reshape(-1)
+        if len(scores) != len(masks):
+            raise ValueError(f"Candidates: {len(masks)} masks but {len(scores)} scores")
+        order = np.argsort(-scores, kind="stable")  # best first, whatever order the predictor used
+        self.masks = masks[order]
+        self.scores = scores[order]
+        self.lowres = None if lowres is None else np.asarray(lowres, dtype=np.float32)[order]
+        self.index = 0
+
+    @classmethod
+    def from_result(cls, r) -> "Candidates":
+        return cls(r.masks, r.scores, getattr(r, "lowres", None))
+
+    def __len__(self) -> int:
+        return len(self.masks)
+
+    def cycle(self, step: int = 1) -> int:
+        self.index = (self.index + step) % len(self.masks)
+        return self.index
+
+    @property
+    def mask(self) -> np.ndarray:
+        return self.masks[self.index]
+
+    @property
+    def score(self) -> float:
+        return float(self.scores[self.index])
+
+    @property
+    def current_lowres(self) -> np.ndarray | None:
+        return None if self.lowres is None else self.lowres[self.index]
+
+    def describe(self) -> str:
+        return f"mask {self.index + 1}/{len(self)}  score {self.score:.3f}"
+
+
+# -------------------------------------------------------------------------------------------------------- preview
+
+
+def mask_bbox(mask: np.ndarray) -> tuple[slice, slice] | None:
+    """Bounding box of a 2-D bool mask as slices; None for an empty mask."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    if rows.size == 0:
+        return None
+    cols = np.flatnonzero(mask.any(axis=0))
+    return slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1)
+
+
+def _union(a: tuple[slice, slice] | None, b: tuple[slice, slice] | None) -> tuple[slice, slice] | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return tuple(slice(min(x.start, y.start), max(x.stop, y.stop)) for x, y in zip(a, b))  # type: ignore[return-value]
+
+
+class PreviewBuffer:
+    """Writes preview masks into an existing array (the preview layer's data) in place.
+
+    Only the union of the previous and the new mask's bounding boxes is touched. ``show`` returns that region (or
+    None when nothing changed) so the caller refreshes the layer once.
+    """
+
+    def __init__(self, data: np.ndarray, value: int = 1):
+        self.data = data
+        self.value = value
+        self._last: tuple[tuple, tuple[slice, slice]] | None = None  # (plane, bbox)
+
+    def clear(self) -> tuple | None:
+        if self._last is None:
+            return None
+        plane, bb = self._last
+        self.data[plane + bb] = 0
+        self._last = None
+        return plane + bb
+
+    def show(self, mask: np.ndarray | None, plane: tuple = ()) -> tuple | None:
+        if mask is None:
+            return self.clear()
+        mask = np.asarray(mask, dtype=bool)
+        if mask.shape != self.data.shape[len(plane):]:
+            raise ValueError(f"preview: mask shape {mask.shape} does not match the image {self.data.shape[len(plane):]}")
+        bb = mask_bbox(mask)
+        if self._last is not None and self._last[0] != plane:
+            self.clear()
+        old = self._last[1] if self._last is not None else None
+        region = _union(old, bb)
+        if region is None:
+            return None
+        view = self.data[plane + region]
+        view[...] = 0
+        if bb is not None:
+            rel = tuple(slice(b.start - r.start, b.stop - r.start) for b, r in zip(bb, region))
+            view[rel][mask[bb]] = self.value
+            self._last = (plane, bb)
+        else:
+            self._last = None
+        return plane + region
+
+    @property
+    def showing(self) -> bool:
+        return self._last is not None
+
+
+# ------------------------------------------------------------------------------------------------ classes, colours
+
+
+@dataclass(frozen=True)
+class ClassSpec:
+    name: str
+    color: tuple[int, int, int]
+
+
+CAMVID_CLASSES: tuple[ClassSpec, ...] = (
+    ClassSpec("Sky", (128, 128, 128)),
+    ClassSpec("Building", (128, 0, 0)),
+    ClassSpec("Pole", (192, 192, 128)),
+    ClassSpec("Road", (128, 64, 128)),
+    ClassSpec("Pavement", (60, 40, 222)),
+    ClassSpec("Tree", (128, 128, 0)),
+    ClassSpec("SignSymbol", (192, 128, 128)),
+    ClassSpec("Fence", (64, 64, 128)),
+    ClassSpec("Car", (64, 0, 128)),
+    ClassSpec("Pedestrian", (64, 64, 0)),
+    ClassSpec("Bicyclist", (0, 128, 192)),
+)
+
+UNCLASSIFIED_RGBA = (0.85, 0.85, 0.85, 1.0)  # objects painted by hand with an id that has no class
+
+
+def instance_color(object_id: int) -> tuple[float, float, float, float]:
+    """A distinct, deterministic colour per instance id (golden-ratio hue walk)."""
+    h = (object_id * 0.618033988749895) % 1.0
+    s = 0.65 + 0.35 * ((object_id * 7) % 3) / 2
+    r, g, b = colorsys.hsv_to_rgb(h, s, 0.95)
+    return (r, g, b, 1.0)
+
+
+def class_color_dict(object_class: dict[int, int], classes: Sequence[ClassSpec]) -> dict:
+    """{id: RGBA float} for napari's DirectLabelColormap: each object in its class colour; 0 transparent;
+    ``None`` (any other id, e.g. painted by hand) light grey."""
+    out: dict = {0: (0.0, 0.0, 0.0, 0.0), None: UNCLASSIFIED_RGBA}
+    for oid, ci in object_class.items():
+        if 0 <= ci < len(classes):
+            r, g, b = classes[ci].color
+            out[int(oid)] = (r / 255.0, g / 255.0, b / 255.0, 1.0)
+    return out
+
+
+def instance_color_dict(ids: Sequence[int]) -> dict:
+    out: dict = {0: (0.0, 0.0, 0.0, 0.0), None: UNCLASSIFIED_RGBA}
+    for oid in ids:
+        if oid:
+            out[int(oid)] = instance_color(int(oid))
+    return out
+
+
+def random_class_color(seed: int) -> tuple[int, int, int]:
+    r, g, b = colorsys.hsv_to_rgb((seed * 0.618033988749895 + 0.1) % 1.0, 0.7, 0.9)
+    return int(r * 255), int(g * 255), int(b * 255)
+
+
+# --------------------------------------------------------------------------------------------- annotation + undo
+
+
+@dataclass
+class Edit:
+    """One undoable change: pixels (inside ``region`` where ``mask``) went from ``before`` to ``after``; class
+    assignments went from ``classes_before`` to ``classes_after`` (None = no entry)."""
+
+    kind: str  # "commit" | "delete" | "reclass"
+    object_id: int
+    region: tuple[slice, ...] | None = None
+    mask: np.ndarray | None = None
+    before: np.ndarray | None = None
+    after: np.ndarray | None = None
+    classes_before: dict[int, int | None] = field(default_factory=dict)
+    classes_after: dict[int, int | None] = field(default_factory=dict)
+
+
+class AnnotationModel:
+    """Instance annotations on one image (2-D) or stack (3-D, edited plane by plane).
+
+    ``labels`` is modified in place (pass the napari Labels layer's data array); ``object_class`` maps id -> class
+    index into ``classes``. Every method that changes pixels returns the region it touched (or None).
+    """
+
+    def __init__(self, labels: np.ndarray, classes: Sequence[ClassSpec] = CAMVID_CLASSES,
+                 object_class: dict[int, int] | None = None, max_undo: int = 200):
+        if labels.dtype.kind not in "ui":
+            raise ValueError(f"annotations: the labels array must be integer, got {labels.dtype}")
+        self.labels = labels
+        self.classes: list[ClassSpec] = list(classes)
+        self.object_class: dict[int, int] = dict(object_class or {})
+        self.max_undo = int(max_undo)
+        self._undo: list[Edit] = []
+        self._redo: list[Edit] = []
+
+    # ---- queries
+    def new_id(self) -> int:
+        top = int(self.labels.max()) if self.labels.size else 0
+        if self.object_class:
+            top = max(top, max(self.object_class))
+        nid = top + 1
+        if nid > np.iinfo(self.labels.dtype).max:
+            raise ValueError(f"annotations: no free instance id left in dtype {self.labels.dtype}")
+        return nid
+
+    def object_at(self, plane: tuple, row: int, col: int) -> int:
+        h, w = self.labels.shape[-2:]
+        if not (0 <= row < h and 0 <= col < w):
+            return 0
+        return int(self.labels[plane + (row, col)])
+
+    def class_of(self, object_id: int) -> int | None:
+        return self.object_class.get(int(object_id))
+
+    def class_name(self, object_id: int) -> str:
+        ci = self.class_of(object_id)
+        return self.classes[ci].name if ci is not None and 0 <= ci < len(self.classes) else "unclassified"
+
+    @property
+    def can_undo(self) -> bool:
+        return bool(self._undo)
+
+    @property
+    def can_redo(self) -> bool:
+        return bool(self._redo)
+
+    # ---- edits
+    def commit(self, mask: np.ndarray, class_index: int, plane: tuple = (), overwrite: bool = False) -> tuple[int, tuple]:
+        """Write ``mask`` as a new object of ``class_index`` into ``plane``. Without ``overwrite`` only unlabelled
+        pixels are taken. Returns (new id, region touched); raises ValueError if nothing would be written."""
+        self._check_class(class_index)
+        mask = np.asarray(mask, dtype=bool)
+        if mask.shape != self.labels.shape[len(plane):]:
+            raise ValueError(f"commit: mask shape {mask.shape} does not match the annotations {self.labels.shape}")
+        bb = mask_bbox(mask)
+        if bb is None:
+            raise ValueError("commit: the mask is empty")
+        region = plane + bb
+        cur = self.labels[region]
+        m = mask[bb].copy()
+        if not overwrite:
+            m &= cur == 0
+        if not m.any():
+            raise ValueError("commit: every pixel of the mask already belongs to an object (enable overwrite)")
+        oid = self.new_id()
+        before = cur[m].copy()
+        cur[m] = oid
+        edit = Edit("commit", oid, region, m, before, np.full(before.shape, oid, self.labels.dtype),
+                    classes_before={oid: None}, classes_after={oid: int(class_index)})
+        self.object_class[oid] = int(class_index)
+        self._push(edit)
+        return oid, region
+
+    def delete(self, object_id: int) -> tuple | None:
+        """Remove an object everywhere (all planes). Returns the region touched."""
+        oid = int(object_id)
+        if oid == 0:
+            raise ValueError("delete: no object selected")
+        hit = self.labels == oid
+        region = None
+        m = before = after = None
+        if hit.any():
+            idx = np.nonzero(hit)
+            region = tuple(slice(int(i.min()), int(i.max()) + 1) for i in idx)
+            m = hit[region]
+            before = self.labels[region][m].copy()
+            after = np.zeros_like(before)
+            sub = self.labels[region]
+            sub[m] = 0
+        elif oid not in self.object_class:
+            raise ValueError(f"delete: object #{oid} does not exist")
+        edit = Edit("delete", oid, region, m, before, after,
+                    classes_before={oid: self.object_class.get(oid)}, classes_after={oid: None})
+        self.object_class.pop(oid, None)
+        self._push(edit)
+        return region
+
+    def set_class(self, object_id: int, class_index: int) -> None:
+        oid = int(object_id)
+        self._check_class(class_index)
+        if oid == 0:
+            raise ValueError("set class: no object selected")
+        old = self.object_class.get(oid)
+        if old == class_index:
+            return
+        self.object_class[oid] = int(class_index)
+        self._push(Edit("reclass", oid, classes_before={oid: old}, classes_after={oid: int(class_index)}))
+
+    def undo(self) -> Edit | None:
+        if not self._undo:
+            return None
+        e = self._undo.pop()
+        self._apply(e, forward=False)
+        self._redo.append(e)
+        return e
+
+    def redo(self) -> Edit | None:
+        if not self._redo:
+            return None
+        e = self._redo.pop()
+        self._apply(e, forward=True)
+        self._undo.append(e)
+        return e
+
+    # ---- classes
+    def add_class(self, name: str, color: tuple[int, int, int] | None = None) -> int:
+        name = name.strip()
+        if not name:
+            raise ValueError("class name must not be empty")
+        if any(c.name == name for c in self.classes):
+            raise ValueError(f"class {name!r} already exists")
+        self.classes.append(ClassSpec(name, tuple(color) if color else random_class_color(len(self.classes))))
+        return len(self.classes) - 1
+
+    def rename_class(self, index: int, name: str) -> None:
+        self._check_class(index)
+        name = name.strip()
+        if not name:
+            raise ValueError("class name must not be empty")
+        if any(c.name == name for i, c in enumerate(self.classes) if i != index):
+            raise ValueError(f"class {name!r} already exists")
+        self.classes[index] = ClassSpec(name, self.classes[index].color)
+
+    def recolor_class(self, index: int, color: tuple[int, int, int]) -> None:
+        self._check_class(index)
+        self.classes[index] = ClassSpec(self.classes[index].name, tuple(int(v) for v in color[:3]))
+
+    def remove_class(self, index: int) -> None:
+        self._check_class(index)
+        used = sorted(o for o, c in self.object_class.items() if c == index)
+        if used:
+            raise ValueError(f"class {self.classes[index].name!r} is used by {len(used)} object(s); re-class them first")
+        in_history = any(index in (v for v in (*e.classes_before.values(), *e.classes_after.values()) if v is not None)
+                         for e in self._undo + self._redo)
+        del self.classes[index]
+        self.object_class = {o: (c - 1 if c > index else c) for o, c in self.object_class.items()}
+        if in_history:  # class indices in the history would point at the wrong class now
+            self._undo.clear()
+            self._redo.clear()
+        else:
+            for e in self._undo + self._redo:
+                for d in (e.classes_before, e.classes_after):
+                    for k, v in d.items():
+                        if v is not None and v > index:
+                            d[k] = v - 1
+
+    def color_dict(self, by_class: bool = True) -> dict:
+        if by_class:
+            return class_color_dict(self.object_class, self.classes)
+        ids = set(self.object_class)
+        ids.update(int(i) for i in np.unique(self.labels) if i)
+        return instance_color_dict(sorted(ids))
+
+    # ---- internals
+    def _check_class(self, index: int) -> None:
+        if not (0 <= int(index) < len(self.classes)):
+            raise ValueError(f"class index {index} out of range (0..{len(self.classes) - 1})")
+
+    def _push(self, e: Edit) -> None:
+        self._undo.append(e)
+        if len(self._undo) > self.max_undo:
+            del self._undo[0]
+        self._redo.clear()
+
+    def _apply(self, e: Edit, forward: bool) -> None:
+        if e.region is not None:
+            sub = self.labels[e.region]
+            vals = sub[e.mask]
+            expect, write = (e.before, e.after) if forward else (e.after, e.before)
+            keep = vals == expect  # pixels edited by hand since then are left alone
+            vals[keep] = write[keep]
+            sub[e.mask] = vals
+        for oid, c in (e.classes_after if forward else e.classes_before).items():
+            if c is None:
+                self.object_class.pop(oid, None)
+            else:
+                self.object_class[oid] = c
+
+
+# ---------------------------------------------------------------------------------------------------- predictor
+
+
+@dataclass(frozen=True)
+class PredictorSpec:
+    """Which model the annotator should load: source "default" | "checkpoint" | "onnx", a path, a backend."""
+
+    source: str = "default"
+    path: str = ""
+    backend: str = "torch"
+
+    def describe(self) -> str:
+        return {"default": "default weights", "checkpoint": f"checkpoint {self.path}",
+                "onnx": f"ONNX {self.path}"}.get(self.source, self.source) + f" ({self.backend})"
+
+
+def load_predictor(spec: PredictorSpec, predictor_cls: Any = None):
+    """Construct a predictor for ``spec`` through the Predictor factories; one clear error for bad input."""
+    if predictor_cls is None:
+        from ..predictor import Predictor as predictor_cls  # noqa: N813 (lazy: torch import is slow)
+    src, backend = spec.source, spec.backend
+    if backend not in ("torch", "onnxruntime"):
+        raise ValueError(f"backend: expected 'torch' or 'onnxruntime', got {backend!r}")
+    if src == "default":
+        if backend == "onnxruntime":
+            return _call_with_backend(predictor_cls.from_default, backend)
+        return predictor_cls.from_default()
+    if not spec.path:
+        raise ValueError(f"model: choose a {'checkpoint file' if src == 'checkpoint' else 'ONNX folder'} first")
+    if src == "checkpoint":
+        if backend == "onnxruntime":
+            return _call_with_backend(predictor_cls.from_checkpoint, backend, spec.path)
+        return predictor_cls.from_checkpoint(spec.path)
+    if src == "onnx":
+        if backend != "onnxruntime":
+            raise ValueError("model: an ONNX folder runs with the onnxruntime backend; choose it in 'Backend'")
+        return predictor_cls.from_onnx(spec.path)
+    raise ValueError(f"model source: expected default, checkpoint or onnx, got {src!r}")
+
+
+def _call_with_backend(factory: Callable, backend: str, *args):
+    try:
+        return factory(*args, backend=backend)
+    except TypeError as exc:
+        if "backend" in str(exc):
+            raise ValueError(
+                f"model: this Predictor cannot run these weights with {backend}; export an ONNX folder and pick it"
+            ) from exc
+        raise
+
+
+class PredictorSession:
+    """The predictor and the image it holds. Used ONLY on the worker thread (the predictor is not thread-safe);
+    the GUI thread only sets the plain attributes ``zoom_refine`` and ``spec``."""
+
+    def __init__(self, predictor: Any = None, spec: PredictorSpec | None = None,
+                 loader: Callable[[PredictorSpec], Any] = load_predictor):
+        self.predictor = predictor
+        self.spec = spec or PredictorSpec()
+        self.loader = loader
+        self.zoom_refine = False
+        self._key: Hashable | None = None
+
+    def ensure_predictor(self):
+        if self.predictor is None:
+            self.predictor = self.loader(self.spec)
+            self._key = None
+        return self.predictor
+
+    def load(self, spec: PredictorSpec):
+        self.predictor = self.loader(spec)
+        self.spec = spec
+        self._key = None
+        return self.predictor
+
+    def ensure_image(self, key: Hashable, get_image: Callable[[], np.ndarray]) -> bool:
+        """Make ``key`` the predictor's current image; True if an embedding had to be computed."""
+        p = self.ensure_predictor()
+        if self._key == key:
+            return False
+        computed = True
+        has = getattr(p, "has_image", None)
+        if has is not None and has(key):
+            computed = False  # LRU-cached: set_image with the key is cheap
+        p.set_image(np.asarray(get_image()), key=key)
+        self._key = key
+        return computed
+
+    def predict(self, key: Hashable, get_image: Callable[[], np.ndarray], prompt: Prompt,
+                mask_input: np.ndarray | None = None, multimask: bool | None = None):
+        self.ensure_image(key, get_image)
+        p = self.predictor
+        if hasattr(p, "zoom_refine"):
+            p.zoom_refine = bool(self.zoom_refine)
+        return p.predict(**prompt.predictor_kwargs(), mask_input=mask_input, multimask=multimask)
