@@ -12,6 +12,8 @@ import sys
 COMMAND_MODULES = [
     "napari_ultratinysam.commands",
     "napari_ultratinysam.evaluation.commands",
+    "napari_ultratinysam.training.commands",
+    "napari_ultratinysam.data.commands",
 ]
 
 

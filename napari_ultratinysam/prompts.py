@@ -176,7 +176,8 @@ def correction_click(gt: np.ndarray, pred: np.ndarray, rng: np.random.Generator,
     """Training correction click (SAM2 ``sample_random_points_from_errors``): one pixel drawn uniformly from
     the union of errors, labelled 1 in a false negative and 0 in a false positive. With probability
     ``prob_from_gt`` the prediction is ignored and a positive click is drawn uniformly from ``gt``. When there
-    is no error, a negative click is drawn from the background (a positive one if ``gt`` covers the image).
+    is no error, a negative click is drawn from the background outside ``ignore`` (a positive one from ``gt``
+    if there is no such background).
     Returns ((x, y) float32, label)."""
     g, p = _as_mask(gt, "gt"), _as_mask(pred, "pred")
     if g.any() and rng.random() < prob_from_gt:
@@ -184,7 +185,9 @@ def correction_click(gt: np.ndarray, pred: np.ndarray, rng: np.random.Generator,
     fn, fp = error_masks(g, p, ignore)
     err = fn | fp
     if not err.any():
-        region = ~g if (~g).any() else g
-        return random_point(region, rng), int(region is g)
+        bg = ~g if ignore is None else ~g & ~_as_mask(ignore, "ignore")
+        if bg.any():
+            return random_point(bg, rng), 0
+        return random_point(g if g.any() else np.ones_like(g), rng), int(g.any())
     pt = random_point(err, rng)
     return pt, int(fn[int(pt[1]), int(pt[0])])

@@ -142,10 +142,10 @@ def export_onnx(model, out_dir: str | Path, opset: int = 17) -> Path:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with atomic_path(out / "encoder.onnx") as tmp:
-            torch.onnx.export(_EncoderWrapper(model), (x,), str(tmp), dynamo=False, opset_version=opset,
+            torch.onnx.export(_EncoderWrapper(model).eval(), (x,), str(tmp), dynamo=False, opset_version=opset,
                               input_names=["image"], output_names=list(ENCODER_OUTPUTS), do_constant_folding=True)
         with atomic_path(out / "decoder.onnx") as tmp:
-            torch.onnx.export(_DecoderWrapper(model), args, str(tmp), dynamo=False, opset_version=opset,
+            torch.onnx.export(_DecoderWrapper(model).eval(), args, str(tmp), dynamo=False, opset_version=opset,
                               input_names=["feat_s0", "feat_s1", "embed", "point_coords", "point_labels",
                                            "mask_input", "has_mask_input"],
                               output_names=["lowres_logits", "iou_predictions", "object_score_logits"],
@@ -153,6 +153,7 @@ def export_onnx(model, out_dir: str | Path, opset: int = 17) -> Path:
                               do_constant_folding=True)
     from .transforms import PIXEL_MEAN, PIXEL_STD
 
+    model.eval()  # export restores the wrappers' train flag; make sure the model is left in eval mode
     atomic_write_json(out / "config.json", {"model": to_dict(cfg), "pixel_mean": PIXEL_MEAN, "pixel_std": PIXEL_STD,
                                             "opset": opset})
     return out

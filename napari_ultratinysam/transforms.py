@@ -92,7 +92,8 @@ def to_rgb_uint8(image: np.ndarray, name: str = "image") -> np.ndarray:
 
 def resize_uint8(image: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
     """Bilinear (antialiased when shrinking) resize of an (H, W, C) uint8 image with torch."""
-    t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
+    a = image if (image.flags.writeable and image.flags.c_contiguous) else np.array(image)
+    t = torch.from_numpy(a).permute(2, 0, 1)[None].float()
     t = F.interpolate(t, size=hw, mode="bilinear", align_corners=False, antialias=True)
     return t[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
 

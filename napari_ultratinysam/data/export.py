@@ -31,7 +31,7 @@ import numpy as np
 from PIL import Image
 
 from ..io_utils import atomic_write_json
-from .readers._common import Color, default_colors
+from .readers._common import Color, Dataset, default_colors
 from .readers.ours import DATASET_JSON, FORMAT_TAG, annot_dir, inst_dir, load_meta
 from .types import AnnotatedImage
 
@@ -162,8 +162,11 @@ def safe_name(name: str) -> str:
     return out
 
 
-def maps_for(item: AnnotatedImage, num_classes: int, void_index: int) -> tuple[np.ndarray, np.ndarray, int]:
-    """(class map uint8, instance map uint16, overlap pixels) with later objects winning where they overlap."""
+def maps_for(item: AnnotatedImage, num_classes: int, void_index: int
+             ) -> tuple[np.ndarray, np.ndarray, int, list[int]]:
+    """(class map uint8, instance map uint16, overlap pixels, classes of the objects left visible).
+
+    Later objects win where they overlap."""
     h, w = item.image.shape[:2]
     ids = item.extra.get("instance_ids")
     if ids is None or len(ids) != item.num_objects:
@@ -179,7 +182,8 @@ def maps_for(item: AnnotatedImage, num_classes: int, void_index: int) -> tuple[n
         annot[m] = int(c) if c >= 0 else void_index
     covered = int(item.masks.reshape(item.num_objects, -1).sum()) if item.num_objects else 0
     overlap = int(item.extra.get("overlap_pixels", covered - int((inst > 0).sum())))
-    return annot, inst, overlap
+    visible = set(np.unique(inst).tolist())
+    return annot, inst, overlap, [int(c) for c, i in zip(item.class_ids, ids) if int(i) in visible]
 
 
 # ---------------------------------------------------------------- sources
@@ -196,7 +200,8 @@ class _Source:
 
 def _from_project(project, include_empty: bool) -> _Source:
     idx = [i for i in range(len(project)) if include_empty or project.is_annotated(i)]
-    skipped = [project.names[i] for i in range(len(project)) if i not in set(idx)]
+    chosen = set(idx)
+    skipped = [project.names[i] for i in range(len(project)) if i not in chosen]
     return _Source((project.annotated_image(i) for i in idx), list(project.classes), list(project.colors),
                    str(project.folder), skipped)
 
@@ -204,6 +209,8 @@ def _from_project(project, include_empty: bool) -> _Source:
 def _from_items(items, classes: Sequence[str] | None, colors: Sequence[Color] | None) -> _Source:
     cls = list(classes) if classes is not None else getattr(items, "classes", None)
     col = list(colors) if colors is not None else getattr(items, "colors", None)
+    if cls is None and isinstance(items, Dataset):
+        cls = []  # readers without classes give class -1 (void in the class map)
     if cls is None:
         items = list(items)
         top = max((int(c) for it in items for c in it.class_ids), default=-1)
@@ -348,15 +355,15 @@ def export_dataset(source, out_dir: str | Path, ratios: Sequence[float] | str = 
 def _write_item(stage: Path, item: AnnotatedImage, name: str, src: _Source, void_index: int,
                 ratios: Sequence[float], splits: Sequence[str], seed: int, image_format: str) -> dict:
     split = assign_split(name, ratios, splits, seed)
-    annot, inst, overlap = maps_for(item, len(src.classes), void_index)
+    annot, inst, overlap, kept = maps_for(item, len(src.classes), void_index)
     file = f"{split}/{name}.{image_format}"
     _write_image(stage / file, item.image)
     write_png(stage / annot_dir(split) / f"{name}.png", annot)
     write_png(stage / inst_dir(split) / f"{name}.png", inst)
     counts: dict[str, int] = {}
-    for c in item.class_ids:
+    for c in kept:
         key = src.classes[c] if c >= 0 else VOID_NAME
         counts[key] = counts.get(key, 0) + 1
     return {"split": split, "file": file, "size": [int(v) for v in item.image.shape[:2]],
-            "objects": int(len(np.unique(inst)) - (1 if (inst == 0).any() else 0)), "class_counts": counts,
+            "objects": len(kept), "class_counts": counts,
             "overlap_pixels": overlap, "source": item.source or item.name}

@@ -93,7 +93,7 @@ class FolderPairs(Sequence[AnnotatedImage]):
         try:
             with Image.open(img_path) as im:
                 im = im.convert("RGB") if im.mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV", "1") else im
-                image = to_rgb_uint8(np.asarray(im), name=str(img_path))
+                image = to_rgb_uint8(np.array(im), name=str(img_path))  # a writable copy
             with Image.open(mask_path) as mk:
                 mode = mk.mode
                 label = np.asarray(mk)
@@ -144,7 +144,8 @@ def load_dataset(args: argparse.Namespace) -> Sequence[AnnotatedImage]:
 
 def _default_label(args: argparse.Namespace) -> str:
     model = Path(args.checkpoint).stem if args.checkpoint else (Path(args.onnx).name if args.onnx else "default")
-    data = Path(args.dataset or args.images).name
+    folder = Path(args.dataset or args.images).resolve()
+    data = folder.name if args.dataset else f"{folder.parent.name}/{folder.name}"
     return f"{model} @ {data}" + (f" ({args.split})" if args.dataset and args.split else "")
 
 

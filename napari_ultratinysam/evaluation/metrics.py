@@ -29,7 +29,7 @@ def _flat(masks: np.ndarray, name: str) -> np.ndarray:
     m = np.asarray(masks)
     if m.ndim != 3:
         raise ValueError(f"{name}: expected (N, H, W) masks, got shape {m.shape}")
-    return m.reshape(m.shape[0], -1).astype(np.float32)
+    return m.reshape(m.shape[0], m.shape[1] * m.shape[2]) != 0
 
 
 def iou_matrix(preds: np.ndarray, gts: np.ndarray, ignore: np.ndarray | None = None) -> np.ndarray:
@@ -38,7 +38,7 @@ def iou_matrix(preds: np.ndarray, gts: np.ndarray, ignore: np.ndarray | None = N
     p, g = np.asarray(preds), np.asarray(gts)
     if p.shape[1:] != g.shape[1:]:
         raise ValueError(f"preds: mask size {p.shape[1:]} does not match gts mask size {g.shape[1:]}")
-    pf, gf = _flat(p, "preds") > 0, _flat(g, "gts") > 0
+    pf, gf = _flat(p, "preds"), _flat(g, "gts")
     if ignore is not None:
         keep = ~np.asarray(ignore, dtype=bool).reshape(-1)
         if keep.shape[0] != pf.shape[1]:
@@ -121,7 +121,12 @@ def _check_images(ious: Sequence[np.ndarray], pred_classes: Sequence[np.ndarray]
     out = []
     for i, (m, pc, gc) in enumerate(zip(ious, pred_classes, gt_classes)):
         pc, gc = np.asarray(pc).reshape(-1), np.asarray(gc).reshape(-1)
-        m = np.asarray(m, dtype=np.float64).reshape(len(pc), len(gc))
+        m = np.asarray(m, dtype=np.float64)
+        if m.size == 0 and len(pc) * len(gc) == 0:
+            m = m.reshape(len(pc), len(gc))
+        elif m.shape != (len(pc), len(gc)):
+            raise ValueError(f"ious: image {i} has shape {m.shape}, expected ({len(pc)}, {len(gc)}) from "
+                             f"pred_classes and gt_classes")
         out.append((m, pc, gc))
     return out
 
@@ -183,7 +188,7 @@ def paper_map(ious: Sequence[np.ndarray], pred_classes: Sequence[np.ndarray], gt
 
 
 # ------------------------------------------------------------------------------------- COCO AP
-def _coco_image_matches(iou: np.ndarray, scores: np.ndarray, order: np.ndarray, thr: float) -> np.ndarray:
+def _coco_image_matches(iou: np.ndarray, order: np.ndarray, thr: float) -> np.ndarray:
     """COCOeval.evaluateImg for one image/category/threshold: detections in ``order`` (score-sorted) each take
     the unmatched GT of highest IoU >= thr (ties: the last one, as pycocotools). Returns (len(order),) TP flags."""
     t = min(thr, 1 - 1e-10)
@@ -210,7 +215,7 @@ def coco_ap_per_threshold(ious: Sequence[np.ndarray], scores: Sequence[np.ndarra
     if len(scores) != len(imgs):
         raise ValueError(f"scores: {len(scores)} images but ious has {len(imgs)}")
     scs = [np.asarray(s, dtype=np.float64).reshape(-1) for s in scores]
-    for i, (s, (m, pc, _)) in enumerate(zip(scs, imgs)):
+    for i, (s, (_, pc, _)) in enumerate(zip(scs, imgs)):
         if len(s) != len(pc):
             raise ValueError(f"scores: image {i} has {len(s)} scores for {len(pc)} predictions")
     cats = np.unique(np.concatenate([gc for _, _, gc in imgs])) if imgs else np.zeros(0)
@@ -231,7 +236,7 @@ def coco_ap_per_threshold(ious: Sequence[np.ndarray], scores: Sequence[np.ndarra
             order = np.argsort(-ss, kind="mergesort")[:max_dets]
             det_scores.append(ss[order])
             for ti, thr in enumerate(thresholds):
-                det_tp[ti].append(_coco_image_matches(sub, ss, order, float(thr)))
+                det_tp[ti].append(_coco_image_matches(sub, order, float(thr)))
         if not det_scores:
             continue  # GT but no detection: AP 0
         allsc = np.concatenate(det_scores)

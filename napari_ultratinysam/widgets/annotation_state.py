@@ -504,38 +504,27 @@ class PredictorSpec:
 
 
 def load_predictor(spec: PredictorSpec, predictor_cls: Any = None):
-    """Construct a predictor for ``spec`` through the Predictor factories; one clear error for bad input."""
+    """Construct a predictor for ``spec`` through the Predictor factories; one clear error for bad input.
+
+    Backends as the widget names them: "torch" or "onnxruntime" (the predictor calls the latter "onnx"; for the
+    default weights or a checkpoint it exports an ONNX pair to a temporary folder first)."""
     if predictor_cls is None:
-        from ..predictor import Predictor as predictor_cls  # noqa: N813 (lazy: torch import is slow)
+        from ..predictor import Predictor as predictor_cls  # noqa: N813 (lazy: the torch import is slow)
     src, backend = spec.source, spec.backend
     if backend not in ("torch", "onnxruntime"):
         raise ValueError(f"backend: expected 'torch' or 'onnxruntime', got {backend!r}")
+    runtime = "onnx" if backend == "onnxruntime" else "torch"
     if src == "default":
-        if backend == "onnxruntime":
-            return _call_with_backend(predictor_cls.from_default, backend)
-        return predictor_cls.from_default()
+        return predictor_cls.from_default(backend=runtime)
     if not spec.path:
         raise ValueError(f"model: choose a {'checkpoint file' if src == 'checkpoint' else 'ONNX folder'} first")
     if src == "checkpoint":
-        if backend == "onnxruntime":
-            return _call_with_backend(predictor_cls.from_checkpoint, backend, spec.path)
-        return predictor_cls.from_checkpoint(spec.path)
+        return predictor_cls.from_checkpoint(spec.path, backend=runtime)
     if src == "onnx":
         if backend != "onnxruntime":
-            raise ValueError("model: an ONNX folder runs with the onnxruntime backend; choose it in 'Backend'")
+            raise ValueError("model: an ONNX folder runs with the onnxruntime backend; choose it under 'Backend'")
         return predictor_cls.from_onnx(spec.path)
     raise ValueError(f"model source: expected default, checkpoint or onnx, got {src!r}")
-
-
-def _call_with_backend(factory: Callable, backend: str, *args):
-    try:
-        return factory(*args, backend=backend)
-    except TypeError as exc:
-        if "backend" in str(exc):
-            raise ValueError(
-                f"model: this Predictor cannot run these weights with {backend}; export an ONNX folder and pick it"
-            ) from exc
-        raise
 
 
 class PredictorSession:

@@ -23,7 +23,8 @@ class Dataset(Sequence[AnnotatedImage]):
 
     def __init__(self, names: list[str], load: Callable[[int], AnnotatedImage], *, classes: list[str] | None = None,
                  colors: list[Color] | None = None, format: str = "", root: str | Path = "",
-                 splits: list[str] | None = None, void_index: int | None = None) -> None:
+                 splits: list[str] | None = None, void_index: int | None = None,
+                 size_of: Callable[[int], tuple[int, int]] | None = None) -> None:
         self.names = list(names)
         self.classes = list(classes) if classes is not None else None
         self.colors = list(colors) if colors is not None else (
@@ -33,6 +34,7 @@ class Dataset(Sequence[AnnotatedImage]):
         self.splits = list(splits) if splits is not None else None
         self.void_index = void_index
         self._load = load
+        self._size_of = size_of
 
     def __len__(self) -> int:
         return len(self.names)
@@ -46,6 +48,12 @@ class Dataset(Sequence[AnnotatedImage]):
         if not 0 <= i < len(self.names):
             raise IndexError(f"index {index} out of range for {len(self.names)} images")
         return self._load(i)
+
+    def image_size(self, index: int) -> tuple[int, int]:
+        """(H, W) of image ``index``, from the file header when the reader knows the file."""
+        if self._size_of is not None:
+            return self._size_of(int(index) % len(self.names))
+        return self[index].image.shape[:2]
 
     def __iter__(self) -> Iterator[AnnotatedImage]:
         for i in range(len(self.names)):

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ..types import AnnotatedImage
-from ._common import SPLITS, Dataset, check_size, pair_by_stem, read_label, read_rgb, regions, resolve_splits
+from ._common import SPLITS, Dataset, check_size, image_size, pair_by_stem, read_label, read_rgb, regions, resolve_splits
 
 
 def available_splits(root: Path) -> list[str]:
@@ -40,4 +40,5 @@ def read(path: Path, split: str | None = None, min_area: int = 0) -> Dataset:
     def load(i: int) -> AnnotatedImage:
         return load_pair(*items[i][:2], min_area, items[i][2])
 
-    return Dataset([it[0].stem for it in items], load, format="bsds500", root=path, splits=[it[2] for it in items])
+    return Dataset([it[0].stem for it in items], load, format="bsds500", root=path, splits=[it[2] for it in items],
+                   size_of=lambda i: image_size(items[i][0]))

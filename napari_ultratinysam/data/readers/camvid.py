@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from ..types import AnnotatedImage
-from ._common import (Color, Dataset, SPLITS, check_size, components, find_by_stem, list_images, read_class_csv,
-                      read_label, read_rgb, resolve_splits)
+from ._common import (Color, Dataset, SPLITS, check_size, components, find_by_stem, image_size, list_images,
+                      read_class_csv, read_label, read_rgb, resolve_splits)
 
 CAMVID_CLASSES: tuple[str, ...] = ("Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol", "Fence",
                                    "Car", "Pedestrian", "Bicyclist")
@@ -106,4 +106,5 @@ def read(path: Path, split: str | None = None, min_area: int = 0, void_index: in
         return load_pair(img, lab, len(classes), void_index, min_area, connectivity, split_of[i])
 
     return Dataset([p[0].stem for p in pairs], load, classes=classes, colors=colors, format="camvid", root=path,
-                   splits=split_of, void_index=void_index)
+                   splits=split_of, void_index=void_index,
+                   size_of=lambda i: image_size(pairs[i][0]))

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ..types import AnnotatedImage
-from ._common import Dataset, check_size, components, pair_by_stem, read_class_csv, read_label, read_rgb, regions
+from ._common import Dataset, check_size, components, image_size, pair_by_stem, read_class_csv, read_label, read_rgb, regions
 
 
 def detect(path: Path) -> bool:
@@ -46,4 +46,5 @@ def read(path: Path, split: str | None = None, min_area: int = 0, connected: boo
     def load(i: int) -> AnnotatedImage:
         return load_pair(*pairs[i], len(names), min_area, connected, background)
 
-    return Dataset([p[0].stem for p in pairs], load, classes=names, format="ccp", root=path)
+    return Dataset([p[0].stem for p in pairs], load, classes=names, format="ccp", root=path,
+                   size_of=lambda i: image_size(pairs[i][0]))

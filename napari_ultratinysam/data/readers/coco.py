@@ -156,7 +156,9 @@ def read(path: Path, split: str | None = None, min_area: int = 0, include_crowd:
         ci, k = refs[i]
         return cocos[ci].load(k, min_area, splits[i])
 
-    return Dataset(names, load, classes=[c["name"] for c in cats], format="coco", root=path, splits=splits)
+    return Dataset(names, load, classes=[c["name"] for c in cats], format="coco", root=path, splits=splits,
+                   size_of=lambda i: (int(cocos[refs[i][0]].images[refs[i][1]]["height"]),
+                                      int(cocos[refs[i][0]].images[refs[i][1]]["width"])))
 
 
 def _load_categories(path: Path) -> list[dict]:

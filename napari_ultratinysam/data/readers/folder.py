@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ..types import AnnotatedImage
-from ._common import (Dataset, SPLITS, check_size, components, pair_by_stem, read_label, read_rgb, regions,
+from ._common import (Dataset, SPLITS, check_size, components, image_size, pair_by_stem, read_label, read_rgb, regions,
                       resolve_splits)
 
 IMAGE_DIRS = ("images", "image", "imgs", "img", "rgb")
@@ -86,4 +86,5 @@ def read(path: Path, split: str | None = None, min_area: int = 0, split_componen
         img, mask, s = items[i]
         return load_pair(img, mask, min_area, split_components, s)
 
-    return Dataset([it[0].stem for it in items], load, format="folder", root=path, splits=[it[2] for it in items])
+    return Dataset([it[0].stem for it in items], load, format="folder", root=path, splits=[it[2] for it in items],
+                   size_of=lambda i: image_size(items[i][0]))

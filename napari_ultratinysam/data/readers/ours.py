@@ -117,4 +117,5 @@ def read(path: Path, split: str | None = None, min_area: int = 0) -> Dataset:
         return load_item(path, names[i], images[names[i]], ncls, void, min_area)
 
     return Dataset(names, load, classes=meta["classes"], colors=[tuple(c) for c in meta["colors"]], format="ours",
-                   root=path, splits=[images[n]["split"] for n in names], void_index=void)
+                   root=path, splits=[images[n]["split"] for n in names], void_index=void,
+                   size_of=lambda i: tuple(images[names[i]]["size"]))

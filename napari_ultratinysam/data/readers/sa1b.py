@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ..types import AnnotatedImage
-from ._common import Dataset, filter_area, list_images, read_rgb, stack_masks
+from ._common import Dataset, filter_area, image_size, list_images, read_rgb, stack_masks
 
 
 def _string_to_counts(s: str | bytes) -> list[int]:
@@ -134,4 +134,5 @@ def read(path: Path, split: str | None = None, min_area: int = 0) -> Dataset:
         if not js.is_file():
             raise ValueError(f"{img}: missing mask (expected {js})")
         pairs.append((img, js))
-    return Dataset([p[0].stem for p in pairs], lambda i: load_item(*pairs[i], min_area), format="sa1b", root=root)
+    return Dataset([p[0].stem for p in pairs], lambda i: load_item(*pairs[i], min_area), format="sa1b", root=root,
+                   size_of=lambda i: image_size(pairs[i][0]))

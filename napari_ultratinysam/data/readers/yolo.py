@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from ..types import AnnotatedImage
-from ._common import Dataset, filter_area, list_images, read_rgb, resolve_splits, stack_masks
+from ._common import Dataset, filter_area, image_size, list_images, read_rgb, resolve_splits, stack_masks
 
 _TOL = 1e-3
 
@@ -94,4 +94,4 @@ def read(path: Path, split: str | None = None, min_area: int = 0) -> Dataset:
         return AnnotatedImage(image, masks, cls, name=img.stem, source=str(img), extra={"split": s})
 
     return Dataset([it[0].stem for it in items], load, classes=classes, format="yolo", root=path,
-                   splits=[it[2] for it in items])
+                   splits=[it[2] for it in items], size_of=lambda i: image_size(items[i][0]))

@@ -1,0 +1,120 @@
+"""Encoder latency per image and decoder latency per click: UltraTinySAM (torch and onnxruntime, 1 and 2
+threads) and, in the same run, the peers a user would otherwise use (random weights: only speed is measured):
+SAM ViT-B (PyPI segment-anything) at 1024 and MobileSAM (PyPI mobilesam-mirror, TinyViT encoder) at 1024.
+
+    .venv/bin/python benchmarks/latency.py [--quick] [--no-peers]
+
+Prints a Markdown table and writes it into the `## Latency` section of BENCHMARKS.md.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import machine_line, p50_p95, timeit, write_section  # noqa: E402
+
+
+def ours(threads: int, n_enc: int, n_dec: int, rows: list, image_hw=(1024, 1024)):
+    from napari_ultratinysam.checkpoints import DEFAULT_CHECKPOINT, load_model
+    from napari_ultratinysam.network.build import build_model
+    from napari_ultratinysam.predictor import Predictor
+    from napari_ultratinysam.runtime import OnnxBackend, TorchBackend, export_onnx
+    from napari_ultratinysam.transforms import prepare_image
+
+    torch.set_num_threads(threads)
+    model = load_model(DEFAULT_CHECKPOINT) if DEFAULT_CHECKPOINT.exists() else build_model("ultratinysam")
+    weights = "shipped weights" if DEFAULT_CHECKPOINT.exists() else "random weights"
+    rng = np.random.default_rng(0)
+    img = (rng.random((*image_hw, 3)) * 255).astype(np.uint8)
+    x, geo = prepare_image(img, 128)
+    folder = Path(tempfile.mkdtemp(prefix="utsam-bench-"))
+    export_onnx(model, folder)
+    backends = [TorchBackend(model, threads=threads), OnnxBackend(folder, threads=threads)]
+    for be in backends:
+        enc = timeit(lambda: be.encode(x), n_enc)
+        feats = be.encode(x)
+        coords = np.array([[64.0, 64.0]], np.float32)
+        labels = np.array([1.0], np.float32)
+        dec = timeit(lambda: be.decode(feats, coords, labels, None), n_dec)
+        pred = Predictor(be, zoom_refine=False)
+        pred.set_image(img)
+        click = timeit(lambda: pred.predict(points=[[512, 512]]), n_dec)
+        rows.append((f"UltraTinySAM 128 ({weights})", be.name, threads, *p50_p95(enc), *p50_p95(dec),
+                     *p50_p95(click)))
+
+
+def sam_family(name: str, threads: int, n_enc: int, n_dec: int, rows: list):
+    torch.set_num_threads(threads)
+    if name == "SAM ViT-B":
+        from segment_anything import sam_model_registry
+        sam = sam_model_registry["vit_b"](checkpoint=None)
+    else:
+        from mobile_sam import sam_model_registry
+        sam = sam_model_registry["vit_t"](checkpoint=None)
+    sam.eval()
+    x = torch.randn(1, 3, 1024, 1024)
+    with torch.inference_mode():
+        enc = timeit(lambda: sam.image_encoder(x), n_enc, warmup=1)
+        emb = sam.image_encoder(x)
+        pts = (torch.tensor([[[512.0, 512.0]]]), torch.tensor([[1]]))
+
+        def dec_fn():
+            sp, de = sam.prompt_encoder(points=pts, boxes=None, masks=None)
+            return sam.mask_decoder(image_embeddings=emb, image_pe=sam.prompt_encoder.get_dense_pe(),
+                                    sparse_prompt_embeddings=sp, dense_prompt_embeddings=de, multimask_output=True)
+
+        dec = timeit(dec_fn, n_dec)
+
+        def click_fn():
+            low, _ = dec_fn()
+            return sam.postprocess_masks(low, (1024, 1024), (1024, 1024)) > 0
+
+        click = timeit(click_fn, max(5, n_dec // 3))
+    rows.append((f"{name} 1024 (random weights)", "torch", threads, *p50_p95(enc), *p50_p95(dec), *p50_p95(click)))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="fewer repetitions")
+    ap.add_argument("--no-peers", action="store_true", help="skip SAM ViT-B and MobileSAM")
+    ap.add_argument("--no-write", action="store_true", help="print only, do not update BENCHMARKS.md")
+    args = ap.parse_args(argv)
+    n_enc, n_dec = (20, 50) if args.quick else (100, 200)
+    rows: list = []
+    for threads in (1, 2):
+        ours(threads, n_enc, n_dec, rows)
+    if not args.no_peers:
+        for threads in (1, 2):
+            sam_family("MobileSAM", threads, 3 if args.quick else 5, 20 if args.quick else 40, rows)
+            sam_family("SAM ViT-B", threads, 2 if args.quick else 3, 20 if args.quick else 40, rows)
+    head = ("| model | backend | threads | encoder p50 ms | encoder p95 ms | decoder p50 ms (to low-res logits) "
+            "| decoder p95 ms | click to full mask p50 ms (1024x1024 image) | p95 ms |\n|---|---|---|---|---|---|---|---|---|")
+    lines = [head] + [f"| {r[0]} | {r[1]} | {r[2]} | {r[3]:.2f} | {r[4]:.2f} | {r[5]:.2f} | {r[6]:.2f} | {r[7]:.2f} "
+                      f"| {r[8]:.2f} |" for r in rows]
+    best_ours = min((r for r in rows if r[0].startswith("UltraTinySAM")), key=lambda r: r[3])
+    best_dec = min((r for r in rows if r[0].startswith("UltraTinySAM")), key=lambda r: r[5])
+    ratio = []
+    for peer in ("MobileSAM", "SAM ViT-B"):
+        pr = [r for r in rows if r[0].startswith(peer)]
+        if pr:
+            pe, pd = min(r[3] for r in pr), min(r[5] for r in pr)
+            ratio.append(f"- vs {peer}: encoder {pe / best_ours[3]:.0f}x faster ({best_ours[3]:.2f} ms vs {pe:.0f} ms), "
+                         f"decoder per click {pd / best_dec[5]:.1f}x faster ({best_dec[5]:.2f} ms vs {pd:.1f} ms) "
+                         f"(best configuration of each, same run)")
+    body = "\n".join([f"`benchmarks/latency.py` on {machine_line()}. p50/p95 over {n_enc} encoder and {n_dec} decoder "
+                      "runs for UltraTinySAM; peers fewer runs (their encoders take seconds). Image 1024x1024 RGB. "
+                      "The 2 cores are shared with other jobs: 2-thread figures are noisy.", "", *lines, "", *ratio])
+    print(body)
+    if not args.no_write:
+        write_section("Latency", body)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Regenerates the shipped default model (model/ultratinysam.safetensors) on CPU:
+#   1. equal-budget probe of both trunks (MobileViT-XS from scratch vs EfficientNet-Lite0 with ImageNet weights),
+#   2. the long run with the better one (by validation mIoU@1 on the held-out parts),
+#   3. fp16 copy of the best-on-validation checkpoint into model/.
+# Zero-shot evaluation for the model card: benchmarks/eval_default.sh.
+# Usage: benchmarks/train_default.sh [PROBE_MIN=3.5] [LONG_MIN=68] [THREADS=2]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PROBE_MIN=${PROBE_MIN:-3.5}
+LONG_MIN=${LONG_MIN:-68}
+THREADS=${THREADS:-2}
+PY=${PY:-.venv/bin/python}
+export OMP_NUM_THREADS=$THREADS
+CFG=model/configs/train_scratch.yaml
+for preset in ultratinysam_effnet ultratinysam; do
+  if [ ! -f runs/probe_$preset/done ]; then
+    $PY -m napari_ultratinysam.cli train -c $CFG model=$preset threads=$THREADS steps=1000000 \
+        time_budget_min=$PROBE_MIN warmup_steps=30 val_every=0 ckpt_every=0 resume=false out_dir=runs/probe_$preset
+    touch runs/probe_$preset/done
+  fi
+done
+BEST=$($PY - <<'PY'
+import csv
+best = {}
+for p in ("ultratinysam_effnet", "ultratinysam"):
+    rows = list(csv.DictReader(open(f"runs/probe_{p}/val_log.csv")))
+    best[p] = float(rows[-1]["val_miou1"])
+    print(f"probe {p}: val mIoU@1 {rows[0]['val_miou1']} -> {rows[-1]['val_miou1']} at step {rows[-1]['step']}",
+          file=__import__("sys").stderr)
+print(max(best, key=best.get))
+PY
+)
+echo "long run with $BEST"
+$PY -m napari_ultratinysam.cli train -c $CFG model=$BEST threads=$THREADS steps=1000000 \
+    time_budget_min=$LONG_MIN val_every=300 ckpt_every=150 out_dir=runs/default_$BEST
+$PY - "$BEST" <<'PY'
+import sys
+from napari_ultratinysam.checkpoints import load_model, read_checkpoint, save_checkpoint
+src = f"runs/default_{sys.argv[1]}/best.safetensors"
+_, _, extra = read_checkpoint(src)
+extra.update({"source": src, "recipe": "model/configs/train_scratch.yaml via benchmarks/train_default.sh"})
+save_checkpoint(load_model(src), "model/ultratinysam.safetensors", extra=extra, half=True)
+print("wrote model/ultratinysam.safetensors from", src, extra)
+PY

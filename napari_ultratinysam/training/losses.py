@@ -1,0 +1,85 @@
+"""SAM2-style losses at the model resolution: focal x20 + dice x1 + IoU-prediction MSE x1 + object-score BCE x1.
+
+Logits (B, M, S/4, S/4) are bilinearly upsampled to (S, S); the padding area of the letterboxed input is excluded
+from every pixel average. For a single click (M = 3 candidates) only the candidate with the lowest
+``focal_w * focal + dice_w * dice`` gets the mask losses (multimask min-loss); the IoU head is supervised on all
+candidates.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .config import LossConfig
+
+
+def upsample(logits: torch.Tensor, size: int) -> torch.Tensor:
+    return F.interpolate(logits, size=(size, size), mode="bilinear", align_corners=False)
+
+
+def focal_per_mask(logits, gt, valid, alpha: float = 0.25, gamma: float = 2.0) -> torch.Tensor:
+    """(B, M, S, S) logits, (B, 1, S, S) float gt, (B, 1, S, S) float valid -> (B, M) mean focal over valid px."""
+    gt = gt.expand_as(logits)
+    p = torch.sigmoid(logits)
+    ce = F.binary_cross_entropy_with_logits(logits, gt, reduction="none")
+    p_t = p * gt + (1 - p) * (1 - gt)
+    loss = ce * (1 - p_t) ** gamma
+    if alpha >= 0:
+        loss = (alpha * gt + (1 - alpha) * (1 - gt)) * loss
+    return (loss * valid).sum((-1, -2)) / valid.sum((-1, -2)).clamp_min(1)
+
+
+def dice_per_mask(logits, gt, valid, eps: float = 1.0) -> torch.Tensor:
+    p = torch.sigmoid(logits) * valid
+    g = gt * valid
+    inter = (p * g).sum((-1, -2))
+    return 1 - (2 * inter + eps) / (p.sum((-1, -2)) + g.sum((-1, -2)) + eps)
+
+
+def actual_iou(logits, gt, valid) -> torch.Tensor:
+    """IoU of (logits > 0) with gt inside the valid area: (B, M), no gradient."""
+    with torch.no_grad():
+        pred = (logits > 0).float() * valid
+        g = (gt * valid).expand_as(pred)
+        inter = (pred * g).sum((-1, -2))
+        union = pred.sum((-1, -2)) + g.sum((-1, -2)) - inter
+        return torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(inter))
+
+
+def sam_loss(logits: torch.Tensor, iou_pred: torch.Tensor, obj_logit: torch.Tensor | None, gt: torch.Tensor,
+             valid: torch.Tensor, cfg: LossConfig, multimask: bool) -> dict[str, torch.Tensor]:
+    """Loss of one decoder pass.
+
+    logits (B, 4, s, s) all tokens; iou_pred (B, 4); obj_logit (B, 1) or None; gt, valid (B, S, S) bool.
+    multimask: supervise tokens 1-3 (min-loss) for a single click, else token 0.
+    Returns dict with 'total', 'focal', 'dice', 'iou', 'obj' (means over the batch), plus 'chosen' (B,) index into
+    the 4 tokens of the mask an interactive user would get (highest predicted IoU among the supervised
+    candidates), 'chosen_iou' (B,) its actual IoU and 'up' the upsampled logits of the candidates.
+    """
+    size = gt.shape[-1]
+    cand = slice(1, 4) if multimask else slice(0, 1)
+    lg = upsample(logits[:, cand].float(), size)
+    ip = iou_pred[:, cand].float()
+    g = gt[:, None].float()
+    v = valid[:, None].float()
+    foc = focal_per_mask(lg, g, v, cfg.focal_alpha, cfg.focal_gamma)
+    dic = dice_per_mask(lg, g, v)
+    act = actual_iou(lg, g, v)
+    has_obj = (gt.flatten(1).any(1)).float()
+    combo = cfg.focal * foc + cfg.dice * dic
+    best = combo.argmin(1, keepdim=True)
+    foc_b = foc.gather(1, best)[:, 0]
+    dic_b = dic.gather(1, best)[:, 0]
+    n = has_obj.sum().clamp_min(1)
+    l_focal = (foc_b * has_obj).sum() / n
+    l_dice = (dic_b * has_obj).sum() / n
+    l_iou = (((ip - act) ** 2).mean(1) * has_obj).sum() / n
+    if obj_logit is not None:
+        l_obj = F.binary_cross_entropy_with_logits(obj_logit[:, 0].float(), has_obj)
+    else:
+        l_obj = logits.new_zeros(())
+    total = cfg.focal * l_focal + cfg.dice * l_dice + cfg.iou * l_iou + cfg.obj * l_obj
+    pick = ip.argmax(1)
+    return {"total": total, "focal": l_focal.detach(), "dice": l_dice.detach(), "iou": l_iou.detach(),
+            "obj": l_obj.detach(), "chosen": pick + cand.start, "chosen_iou": act.gather(1, pick[:, None])[:, 0],
+            "up": lg.detach().gather(1, pick[:, None, None, None].expand(-1, 1, size, size))[:, 0]}

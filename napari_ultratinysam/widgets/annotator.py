@@ -1,0 +1,1002 @@
+"""The UltraTinySAM annotator dock widget (``Plugins > UltraTinySAM > Annotator``).
+
+Thin by design: it turns mouse/keyboard/widget events into calls on the pure helpers in ``annotation_state`` and on
+the predictor, which runs only on the ``LatestRequestWorker`` thread. Layers it manages (created once per chosen
+image, then updated in place): ``prompts`` (Points), ``box`` (Shapes), ``preview`` (Labels), ``annotations``
+(Labels).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any, Callable
+
+import numpy as np
+from qtpy.QtCore import Qt, QTimer, Signal
+from qtpy.QtGui import QColor, QIcon, QPixmap
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QColorDialog,
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QListWidget,
+    QListWidgetItem,
+    QProgressBar,
+    QPushButton,
+    QScrollArea,
+    QVBoxLayout,
+    QWidget,
+)
+
+from .annotation_state import (
+    CAMVID_CLASSES,
+    AnnotationModel,
+    Candidates,
+    PredictorSession,
+    PredictorSpec,
+    PreviewBuffer,
+    Prompt,
+    inside,
+    load_predictor,
+)
+from .workers import LatestRequestWorker
+
+if TYPE_CHECKING:
+    import napari
+
+log = logging.getLogger(__name__)
+
+PROMPTS, BOX, PREVIEW, ANNOTATIONS = "prompts", "box", "preview", "annotations"
+POSITIVE_COLOR = (0.1, 0.9, 0.2, 1.0)
+NEGATIVE_COLOR = (1.0, 0.15, 0.15, 1.0)
+PREVIEW_RGBA = (1.0, 0.85, 0.0, 1.0)
+DRAG_PIXELS = 4  # a press that moves further than this (canvas pixels) is a pan, not a click
+
+SHORTCUTS: tuple[tuple[str, str], ...] = (
+    ("Left click", "positive point (prompts layer selected)"),
+    ("Right click / Ctrl+click / Shift+click", "negative point"),
+    ("Alt+click", "select the object under the cursor"),
+    ("Drag", "pan (the point of that press is taken back)"),
+    ("B", "draw a box (then the prompts layer is selected again)"),
+    ("M", "next candidate mask (best first)"),
+    ("C", "commit the preview as a new object of the selected class"),
+    ("Esc", "clear prompts without committing"),
+    ("Ctrl+Z / Ctrl+Shift+Z", "undo / redo commit, delete, re-class"),
+    ("H", "hover preview on/off"),
+)
+SHORTCUT_HELP = (
+    "<b>Shortcuts</b> (with the <i>prompts</i> layer selected; with <i>annotations</i> selected napari's own "
+    "brush keys and Ctrl+Z apply)<table>"
+    + "".join(f"<tr><td><b>{k}</b>&nbsp;&nbsp;</td><td>{v}</td></tr>" for k, v in SHORTCUTS)
+    + "</table>"
+)
+
+
+def _swatch(rgb) -> QIcon:
+    pm = QPixmap(14, 14)
+    pm.fill(QColor(*[int(c) for c in rgb[:3]]))
+    return QIcon(pm)
+
+
+class AnnotatorWidget(QWidget):
+    """Click or box -> live mask preview -> commit objects with classes."""
+
+    preview_updated = Signal(int)  # seq of the request now shown in the preview layer (0: cleared)
+    embedding_ready = Signal(object)  # the embedding key that became current
+    committed = Signal(int)  # new object id
+
+    def __init__(self, napari_viewer: "napari.viewer.Viewer", predictor: Any = None,
+                 loader: Callable[[PredictorSpec], Any] = load_predictor):
+        super().__init__()
+        self.viewer = napari_viewer
+        self.session = PredictorSession(predictor, loader=loader)
+        self.session.zoom_refine = True
+        self.worker = LatestRequestWorker(parent=self)
+        self.worker.busy_changed.connect(self._on_busy)
+
+        self.image_layer = None
+        self.prompts = self.box = self.preview = self.annotations = None
+        self.model: AnnotationModel | None = None
+        self.preview_buffer: PreviewBuffer | None = None
+        self.candidates: Candidates | None = None
+        self.candidates_plane: tuple = ()
+        self.selected_id = 0
+        self._classes = list(CAMVID_CLASSES)
+        self._image_token = 0
+        self._plane: tuple = ()
+        self._suspend = 0  # > 0 while we change layers ourselves (ignore their events)
+        self._last_hover_px: tuple | None = None
+        self._timing: dict[str, float] = {}
+        self._bound_keys: list[str] = []
+        self._closed = False
+
+        self._build_ui()
+        self._bind_keys()
+        self.viewer.layers.events.inserted.connect(self._refresh_layer_choices)
+        self.viewer.layers.events.removed.connect(self._on_layer_removed)
+        self.viewer.dims.events.current_step.connect(self._on_dims_step)
+        self._refresh_layer_choices()
+
+    # ================================================================================================ UI
+    def _build_ui(self) -> None:
+        inner = QWidget()
+        lay = QVBoxLayout(inner)
+        lay.setContentsMargins(4, 4, 4, 4)
+
+        # ---- model
+        g = QGroupBox("Model")
+        f = QFormLayout(g)
+        self.source_combo = QComboBox()
+        self.source_combo.addItem("Default weights", "default")
+        self.source_combo.addItem("Checkpoint file", "checkpoint")
+        self.source_combo.addItem("ONNX folder", "onnx")
+        f.addRow("Weights", self.source_combo)
+        row = QHBoxLayout()
+        self.path_edit = QLineEdit()
+        self.path_edit.setPlaceholderText("checkpoint (.safetensors) or ONNX folder")
+        self.browse_btn = QPushButton("...")
+        self.browse_btn.setMaximumWidth(30)
+        self.browse_btn.clicked.connect(self._browse_model)
+        row.addWidget(self.path_edit)
+        row.addWidget(self.browse_btn)
+        f.addRow("Path", row)
+        self.backend_combo = QComboBox()
+        self.backend_combo.addItems(["torch", "onnxruntime"])
+        f.addRow("Backend", self.backend_combo)
+        self.zoom_check = QCheckBox("zoom-in refinement (small objects in big images)")
+        self.zoom_check.setChecked(True)
+        self.zoom_check.toggled.connect(self._on_zoom_toggled)
+        f.addRow(self.zoom_check)
+        self.load_btn = QPushButton("Load model")
+        self.load_btn.clicked.connect(self.load_model)
+        f.addRow(self.load_btn)
+        self.model_label = QLabel("default weights (loaded on first use)" if self.session.predictor is None
+                                  else "predictor given by the caller")
+        self.model_label.setWordWrap(True)
+        f.addRow(self.model_label)
+        self.source_combo.currentIndexChanged.connect(self._on_source_changed)
+        self._on_source_changed()
+        lay.addWidget(g)
+
+        # ---- image
+        g = QGroupBox("Image")
+        v = QVBoxLayout(g)
+        self.layer_combo = QComboBox()
+        self.layer_combo.setToolTip("2-D grayscale/RGB image or a 3-D stack (annotated slice by slice)")
+        self.layer_combo.activated.connect(lambda _i: self._on_layer_chosen())
+        v.addWidget(self.layer_combo)
+        self.busy_bar = QProgressBar()
+        self.busy_bar.setRange(0, 0)  # indeterminate
+        self.busy_bar.setMaximumHeight(10)
+        self.busy_bar.setTextVisible(False)
+        self.busy_bar.setVisible(False)
+        v.addWidget(self.busy_bar)
+        self.status_label = QLabel("Choose an image layer.")
+        self.status_label.setWordWrap(True)
+        v.addWidget(self.status_label)
+        lay.addWidget(g)
+
+        # ---- prompt
+        g = QGroupBox("Prompt")
+        v = QVBoxLayout(g)
+        self.hover_check = QCheckBox("hover preview (mask under the cursor before the first click)")
+        self.hover_check.setChecked(True)
+        self.hover_check.toggled.connect(self._on_hover_toggled)
+        v.addWidget(self.hover_check)
+        self.overwrite_check = QCheckBox("commit over existing objects")
+        self.overwrite_check.setToolTip("off: a new object only takes unlabelled pixels")
+        v.addWidget(self.overwrite_check)
+        self.mask_label = QLabel("no preview")
+        v.addWidget(self.mask_label)
+        row = QHBoxLayout()
+        for text, slot, tip in (("Box (B)", self.start_box, "draw a rectangle"),
+                                ("Next mask (M)", self.cycle_mask, "cycle candidates"),
+                                ("Commit (C)", self.commit, "preview -> new object"),
+                                ("Clear (Esc)", self.clear_prompts, "clear prompts")):
+            b = QPushButton(text)
+            b.setToolTip(tip)
+            b.clicked.connect(lambda _=False, s=slot: s())
+            row.addWidget(b)
+        v.addLayout(row)
+        lay.addWidget(g)
+
+        # ---- classes
+        g = QGroupBox("Classes")
+        v = QVBoxLayout(g)
+        self.class_list = QListWidget()
+        self.class_list.setMaximumHeight(170)
+        self.class_list.itemChanged.connect(self._on_class_item_changed)
+        v.addWidget(self.class_list)
+        row = QHBoxLayout()
+        self.add_class_btn = QPushButton("Add")
+        self.add_class_btn.clicked.connect(lambda: self.add_class())
+        self.remove_class_btn = QPushButton("Remove")
+        self.remove_class_btn.clicked.connect(lambda: self.remove_class(self.current_class()))
+        self.color_class_btn = QPushButton("Colour...")
+        self.color_class_btn.clicked.connect(self._pick_class_color)
+        for b in (self.add_class_btn, self.remove_class_btn, self.color_class_btn):
+            row.addWidget(b)
+        v.addLayout(row)
+        self.by_class_check = QCheckBox("show annotations in class colours (off: instance colours)")
+        self.by_class_check.setChecked(True)
+        self.by_class_check.toggled.connect(lambda _: self._update_annotation_colors())
+        v.addWidget(self.by_class_check)
+        lay.addWidget(g)
+
+        # ---- objects
+        g = QGroupBox("Objects")
+        v = QVBoxLayout(g)
+        self.selected_label = QLabel("selected: none (Alt+click an object)")
+        v.addWidget(self.selected_label)
+        row = QHBoxLayout()
+        self.reclass_btn = QPushButton("Set class")
+        self.reclass_btn.setToolTip("give the selected object the class selected above")
+        self.reclass_btn.clicked.connect(lambda: self.set_selected_class(self.current_class()))
+        self.delete_btn = QPushButton("Delete")
+        self.delete_btn.clicked.connect(self.delete_selected)
+        self.undo_btn = QPushButton("Undo")
+        self.undo_btn.clicked.connect(self.undo)
+        self.redo_btn = QPushButton("Redo")
+        self.redo_btn.clicked.connect(self.redo)
+        for b in (self.reclass_btn, self.delete_btn, self.undo_btn, self.redo_btn):
+            row.addWidget(b)
+        v.addLayout(row)
+        self.objects_label = QLabel("")
+        v.addWidget(self.objects_label)
+        lay.addWidget(g)
+
+        # ---- help
+        self.help_label = QLabel(SHORTCUT_HELP)
+        self.help_label.setWordWrap(True)
+        self.help_label.setTextFormat(Qt.RichText)
+        g = QGroupBox("Help")
+        QVBoxLayout(g).addWidget(self.help_label)
+        lay.addWidget(g)
+        lay.addStretch(1)
+
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setWidget(inner)
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        outer.addWidget(scroll)
+        self.setToolTip("")
+        self._rebuild_class_list()
+        self._update_buttons()
+
+    # ========================================================================================= model picker
+    def _on_source_changed(self, *_):
+        src = self.source_combo.currentData()
+        self.path_edit.setEnabled(src != "default")
+        self.browse_btn.setEnabled(src != "default")
+        if src == "onnx":
+            self.backend_combo.setCurrentText("onnxruntime")
+
+    def _browse_model(self):
+        if self.source_combo.currentData() == "onnx":
+            path = QFileDialog.getExistingDirectory(self, "ONNX folder (encoder + decoder)")
+        else:
+            path, _ = QFileDialog.getOpenFileName(self, "Checkpoint", "", "Checkpoints (*.safetensors);;All (*)")
+        if path:
+            self.path_edit.setText(path)
+
+    def model_spec(self) -> PredictorSpec:
+        return PredictorSpec(self.source_combo.currentData(), self.path_edit.text().strip(),
+                             self.backend_combo.currentText())
+
+    def load_model(self) -> int:
+        """Load the model chosen in the picker (off the GUI thread); the current image is embedded again."""
+        spec = self.model_spec()
+        self.model_label.setText(f"loading {spec.describe()} ...")
+        self.worker.cancel("preview")
+        session = self.session
+
+        def run():
+            t0 = time.perf_counter()
+            session.load(spec)
+            return time.perf_counter() - t0
+
+        def done(dt):
+            self.model_label.setText(f"{spec.describe()} loaded in {dt * 1e3:.0f} ms")
+            self._clear_preview()
+            self._request_embedding()
+
+        return self.worker.submit("model", run, on_done=done, on_error=self._model_error)
+
+    def _model_error(self, exc: BaseException):
+        self.model_label.setText(f"<span style='color:#e55'>model: {exc}</span>")
+        self._notify(f"UltraTinySAM model: {exc}")
+
+    def _on_zoom_toggled(self, on: bool):
+        self.session.zoom_refine = bool(on)  # a plain attribute, read by the worker before each prediction
+        if not self._prompt().empty:
+            self._request_preview(refine=False)
+
+    # ============================================================================================= layers
+    def _image_layers(self):
+        from napari.layers import Image
+
+        return [l for l in self.viewer.layers if isinstance(l, Image)]
+
+    def _refresh_layer_choices(self, *_):
+        current = self.layer_combo.currentText()
+        names = [l.name for l in self._image_layers()]
+        self.layer_combo.blockSignals(True)
+        self.layer_combo.clear()
+        self.layer_combo.addItems(names)
+        if current in names:
+            self.layer_combo.setCurrentText(current)
+        self.layer_combo.blockSignals(False)
+        if self.image_layer is None and names:
+            # not inside napari's own "inserted" handling: our helper layers are added right after it
+            QTimer.singleShot(0, self._auto_choose)
+
+    def _auto_choose(self):
+        if self.image_layer is None and not self._closed:
+            self._on_layer_chosen()
+
+    def _on_layer_removed(self, event):
+        layer = event.value
+        if layer is self.image_layer:
+            self.worker.cancel("preview")
+            self.worker.cancel("embed")
+            self.image_layer = None
+            self.status_label.setText("Choose an image layer.")
+        for name in (PROMPTS, BOX, PREVIEW, ANNOTATIONS):
+            if getattr(self, name) is layer:
+                setattr(self, name, None)
+                if name == PREVIEW:
+                    self.preview_buffer = None
+                if name == ANNOTATIONS:
+                    self.model = None
+        self._refresh_layer_choices()
+
+    def _on_layer_chosen(self):
+        name = self.layer_combo.currentText()
+        layer = next((l for l in self._image_layers() if l.name == name), None)
+        if layer is not None:
+            self.set_image_layer(layer)
+
+    def spatial_shape(self, layer=None) -> tuple[int, ...]:
+        layer = layer or self.image_layer
+        data = layer.data[0] if layer.multiscale else layer.data
+        return tuple(data.shape[:-1] if layer.rgb else data.shape)
+
+    def set_image_layer(self, layer) -> None:
+        """Annotate ``layer``: (re)create the helper layers if needed and start computing the embedding."""
+        shape = self.spatial_shape(layer)
+        if len(shape) not in (2, 3):
+            self.status_label.setText(f"{layer.name}: expected a 2-D image or a 3-D stack, got shape {shape}")
+            return
+        if self.layer_combo.currentText() != layer.name:
+            self.layer_combo.setCurrentText(layer.name)
+        self.worker.cancel("preview")
+        self.image_layer = layer
+        self._image_token += 1
+        self._plane = self._current_plane()
+        self._ensure_layers()
+        self._clear_prompt_layers()
+        self._clear_preview()
+        self.viewer.layers.selection.active = self.prompts
+        self._request_embedding()
+
+    def _layer_kwargs(self):
+        il = self.image_layer
+        return {"scale": il.scale, "translate": il.translate}
+
+    def _ensure_layers(self) -> None:
+        shape = self.spatial_shape()
+        ndim = len(shape)
+        kw = self._layer_kwargs()
+        self._suspend += 1
+        try:
+            if self.annotations is None or self.annotations.data.shape != shape:
+                existing = next((l for l in self.viewer.layers if l.name == ANNOTATIONS), None)
+                if existing is not None and getattr(existing.data, "shape", None) == shape \
+                        and isinstance(existing.data, np.ndarray) and existing.data.dtype.kind in "ui":
+                    self.annotations = existing
+                else:
+                    self.annotations = self.viewer.add_labels(np.zeros(shape, np.uint32), name=ANNOTATIONS,
+                                                              opacity=0.55, **kw)
+                self.annotations.events.selected_label.connect(self._on_labels_selected)
+                self.annotations.events.paint.connect(self._on_labels_painted)
+                self.model = AnnotationModel(self.annotations.data, self._classes)
+            if self.preview is None or self.preview.data.shape != shape:
+                if self.preview is not None:
+                    self.viewer.layers.remove(self.preview)
+                from napari.utils.colormaps import DirectLabelColormap
+
+                self.preview = self.viewer.add_labels(
+                    np.zeros(shape, np.uint8), name=PREVIEW, opacity=0.55, blending="translucent",
+                    colormap=DirectLabelColormap(color_dict={0: (0, 0, 0, 0), 1: PREVIEW_RGBA, None: PREVIEW_RGBA}),
+                    **kw)
+                self.preview.editable = False
+                self.preview_buffer = PreviewBuffer(self.preview.data)
+            if self.box is None or self.box.ndim != ndim:
+                if self.box is not None:
+                    self.viewer.layers.remove(self.box)
+                self.box = self.viewer.add_shapes(
+                    ndim=ndim, name=BOX, edge_color="#00e5ff", face_color="transparent",
+                    edge_width=max(1.0, max(shape[-2:]) / 300), **kw)
+                self.box.events.data.connect(self._on_box_data)
+            if self.prompts is None or self.prompts.ndim != ndim:
+                if self.prompts is not None:
+                    self.viewer.layers.remove(self.prompts)
+                self.prompts = self.viewer.add_points(
+                    np.zeros((0, ndim)), name=PROMPTS, features={"label": np.zeros(0, np.int64)},
+                    size=max(5.0, max(shape[-2:]) / 60), border_color="white", border_width=0.15,
+                    face_color=np.array(POSITIVE_COLOR), **kw)
+                self.prompts.feature_defaults = {"label": 1}
+                self.prompts.events.data.connect(self._on_prompts_data)
+                self.prompts.mouse_drag_callbacks.append(self._on_mouse_drag)
+                self.prompts.mouse_move_callbacks.append(self._on_mouse_move)
+            self.prompts.mode = "pan_zoom"
+        finally:
+            self._suspend -= 1
+        self._update_annotation_colors()
+        self._update_objects_label()
+
+    # ============================================================================================== planes
+    def _current_plane(self) -> tuple:
+        if self.image_layer is None or len(self.spatial_shape()) == 2:
+            return ()
+        z = self.image_layer.world_to_data(self.viewer.dims.point)[0]
+        n = self.spatial_shape()[0]
+        return (int(np.clip(np.round(z), 0, n - 1)),)
+
+    def _on_dims_step(self, *_):
+        if self.image_layer is None:
+            return
+        plane = self._current_plane()
+        if plane != self._plane:
+            self._plane = plane
+            self.worker.cancel("preview")
+            self._clear_prompt_layers()
+            self._clear_preview()
+            self._request_embedding()
+
+    def _embedding_key(self):
+        il = self.image_layer
+        contrast = () if (il.rgb or _dtype(il) == np.uint8) else tuple(float(c) for c in il.contrast_limits)
+        return (self._image_token, self._plane, contrast)
+
+    def _image_getter(self) -> Callable[[], np.ndarray]:
+        """A function that reads the current plane (called on the worker thread; works for dask arrays too)."""
+        il, plane = self.image_layer, self._plane
+        data = il.data[0] if il.multiscale else il.data
+        contrast = None if (il.rgb or _dtype(il) == np.uint8) else tuple(float(c) for c in il.contrast_limits)
+
+        def get() -> np.ndarray:
+            img = np.asarray(data[plane] if plane else data)
+            if contrast is not None:  # what the user sees: the layer's contrast limits, as floats in [0, 1]
+                lo, hi = contrast
+                img = np.clip((img.astype(np.float32) - lo) / max(hi - lo, 1e-12), 0, 1)
+            return img
+
+        return get
+
+    def _request_embedding(self) -> int | None:
+        if self.image_layer is None:
+            return None
+        key, get, session = self._embedding_key(), self._image_getter(), self.session
+        name = self.image_layer.name + (f" [slice {self._plane[0]}]" if self._plane else "")
+        self.status_label.setText(f"computing the embedding of {name} ...")
+
+        def run():
+            t0 = time.perf_counter()
+            computed = session.ensure_image(key, get)
+            return computed, time.perf_counter() - t0
+
+        def done(res):
+            computed, dt = res
+            self._timing["embed"] = dt
+            self.status_label.setText(f"{name}: ready ({'embedding ' + format(dt * 1e3, '.0f') + ' ms' if computed else 'cached'})"
+                                      " - click to segment")
+            self.embedding_ready.emit(key)
+
+        return self.worker.submit("embed", run, on_done=done, on_error=self._embed_error)
+
+    def _embed_error(self, exc):
+        self.status_label.setText(f"<span style='color:#e55'>embedding failed: {exc}</span>")
+        self._notify(f"UltraTinySAM: embedding failed: {exc}")
+
+    # ======================================================================================= mouse: prompts
+    def _event_to_pixel(self, position) -> tuple[tuple, float, float] | None:
+        """World position -> (plane, row, col) in image pixels, or None outside the image."""
+        if self.image_layer is None:
+            return None
+        d = np.asarray(self.image_layer.world_to_data(position), dtype=float)
+        shape = self.spatial_shape()
+        rc = d[-2:]
+        if not inside(rc, shape[-2:]):
+            return None
+        return self._plane, float(rc[0]), float(rc[1])
+
+    def _on_mouse_drag(self, layer, event):
+        """Mouse press on the prompts layer (napari drag callback): a point now; taken back if it turns into a pan."""
+        if layer.mode != "pan_zoom" or event.type != "mouse_press":
+            return
+        idx = self.handle_click(event.position, event.button, event.modifiers)
+        start = np.asarray(event.pos, dtype=float)
+        yield
+        while event.type == "mouse_move":
+            if idx is not None and np.hypot(*(np.asarray(event.pos, dtype=float) - start)) > DRAG_PIXELS:
+                self._remove_point(idx)
+                idx = None
+            yield
+
+    def handle_click(self, position, button: int = 1, modifiers=()) -> int | None:
+        """The click path: world position + mouse button + modifiers -> a prompt point (or an object pick).
+
+        Returns the index of the point added, or None."""
+        mods = {str(getattr(m, "name", m)) for m in modifiers}
+        px = self._event_to_pixel(position)
+        if px is None:
+            return None
+        plane, r, c = px
+        if "Alt" in mods:
+            if self.model is not None:
+                self.select_object(self.model.object_at(plane, int(round(r)), int(round(c))))
+            return None
+        positive = button == 1 and not ({"Control", "Shift", "Meta"} & mods)
+        return self.add_point(r, c, positive)
+
+    def add_point(self, row: float, col: float, positive: bool = True) -> int:
+        """Add a prompt point at image pixel (row, col) on the current plane; the preview follows."""
+        label = 1 if positive else 0
+        self.prompts.feature_defaults = {"label": label}
+        coord = np.array([*self._plane, row, col], dtype=float)
+        self.prompts.add(coord[None])  # -> events.data(ADDED) -> _on_prompts_data -> prediction
+        self.prompts.feature_defaults = {"label": 1}
+        return len(self.prompts.data) - 1
+
+    def _remove_point(self, idx: int):
+        if self.prompts is not None and idx < len(self.prompts.data):
+            self.prompts.selected_data = {idx}
+            self.prompts.remove_selected()
+
+    def _on_prompts_data(self, event):
+        from napari.layers.base._base_constants import ActionType
+
+        action = getattr(event, "action", None)
+        if action not in (ActionType.ADDED, ActionType.REMOVED, ActionType.CHANGED) or self._suspend:
+            return
+        self._color_prompts()
+        self._request_preview(refine=action == ActionType.ADDED)
+
+    def _color_prompts(self):
+        n = len(self.prompts.data)
+        if n:
+            lab = np.asarray(self.prompts.features["label"]).astype(int)
+            cols = np.where(lab[:, None] == 1, POSITIVE_COLOR, NEGATIVE_COLOR)
+            self._suspend += 1
+            try:
+                self.prompts.face_color = cols
+            finally:
+                self._suspend -= 1
+
+    def _on_mouse_move(self, layer, event):
+        """Hover preview: with no prompt yet, the mask under the cursor follows the mouse (throttled)."""
+        if not self.hover_check.isChecked() or self.image_layer is None or layer.mode != "pan_zoom":
+            return
+        self.handle_hover(event.position)
+
+    def handle_hover(self, position) -> int | None:
+        if not self._prompt().empty:
+            return None
+        px = self._event_to_pixel(position)
+        if px is None:
+            self._last_hover_px = None
+            if self.preview_buffer is not None and self.preview_buffer.showing:
+                self.worker.cancel("preview")
+                self._clear_preview()
+            return None
+        plane, r, c = px
+        key_px = (plane, int(r), int(c))
+        if key_px == self._last_hover_px:
+            return None
+        self._last_hover_px = key_px
+        prompt = Prompt(np.array([[c, r]], np.float32), np.array([1]))
+        return self._submit_prediction(prompt, None, hover=True)
+
+    # ============================================================================================== box
+    def start_box(self):
+        """Activate the box layer in rectangle mode (key B)."""
+        if self.box is None:
+            return
+        self.viewer.layers.selection.active = self.box
+        self.box.mode = "add_rectangle"
+
+    def _on_box_data(self, event):
+        from napari.layers.base._base_constants import ActionType
+
+        action = getattr(event, "action", None)
+        if action not in (ActionType.ADDED, ActionType.REMOVED, ActionType.CHANGED) or self._suspend:
+            return
+        self._request_preview(refine=False)
+        if action == ActionType.ADDED:
+            QTimer.singleShot(0, self._after_box_drawn)  # not inside napari's own drawing code
+
+    def _after_box_drawn(self):
+        if self.box is None:
+            return
+        n = len(self.box.data)
+        if n > 1:  # one box per object: keep the newest
+            self._suspend += 1
+            try:
+                self.box.selected_data = set(range(n - 1))
+                self.box.remove_selected()
+            finally:
+                self._suspend -= 1
+        if self.prompts is not None and self.box.mode == "add_rectangle":
+            self.box.mode = "pan_zoom"
+            self.viewer.layers.selection.active = self.prompts
+
+    def set_box(self, x0: float, y0: float, x1: float, y1: float):
+        """Programmatic box in image pixels (x, y) -> the same path as a drawn rectangle."""
+        rc = np.array([[y0, x0], [y0, x1], [y1, x1], [y1, x0]], dtype=float)
+        if self._plane:
+            rc = np.concatenate([np.full((4, 1), self._plane[0], float), rc], axis=1)
+        self.box.add_rectangles(rc)
+
+    # ========================================================================================= prediction
+    def _prompt(self) -> Prompt:
+        if self.prompts is None or self.image_layer is None:
+            return Prompt()
+        pts = np.asarray(self.prompts.data, dtype=float)
+        lab = np.asarray(self.prompts.features["label"]).astype(int) if len(pts) else np.zeros(0, int)
+        if self._plane and len(pts):
+            keep = np.round(pts[:, 0]) == self._plane[0]
+            pts, lab = pts[keep], lab[keep]
+        rect = None
+        if self.box is not None and len(self.box.data):
+            rects = [d for d, t in zip(self.box.data, self.box.shape_type) if t == "rectangle"]
+            if rects:
+                rect = rects[-1]
+        return Prompt.from_layers(pts, lab == 1, rect, image_hw=self.spatial_shape()[-2:])
+
+    def _request_preview(self, refine: bool) -> int | None:
+        prompt = self._prompt()
+        if prompt.empty:
+            self.worker.cancel("preview")
+            self._clear_preview()
+            return None
+        mask_input = None
+        if refine and self.candidates is not None and self.candidates_plane == self._plane \
+                and len(prompt.points) > 1:
+            mask_input = self.candidates.current_lowres  # the previous mask, fed back when refining
+        return self._submit_prediction(prompt, mask_input, hover=False)
+
+    def _submit_prediction(self, prompt: Prompt, mask_input, hover: bool) -> int:
+        key, get, session, plane = self._embedding_key(), self._image_getter(), self.session, self._plane
+        t_submit = time.perf_counter()
+        holder: dict = {}
+
+        def run():
+            t0 = time.perf_counter()
+            r = session.predict(key, get, prompt, mask_input=mask_input)
+            return r, time.perf_counter() - t0
+
+        def done(res):
+            r, dt = res
+            if hover and not self._prompt().empty:
+                return  # a click arrived meanwhile: its own request will show
+            self.candidates = Candidates.from_result(r)
+            self.candidates_plane = plane
+            self._timing["predict"] = dt
+            self._show_candidate(holder.get("seq", 0))
+            self._timing["click_to_preview" if not hover else "hover_to_preview"] = time.perf_counter() - t_submit
+
+        holder["seq"] = seq = self.worker.submit("preview", run, strict=not hover, on_done=done,
+                                                 on_error=self._predict_error)
+        return seq
+
+    def _predict_error(self, exc):
+        self.mask_label.setText(f"<span style='color:#e55'>prediction failed: {exc}</span>")
+        self._notify(f"UltraTinySAM: prediction failed: {exc}")
+
+    def _show_candidate(self, seq: int = 0):
+        c = self.candidates
+        if c is None or self.preview_buffer is None:
+            return
+        region = self.preview_buffer.show(c.mask, self.candidates_plane)
+        if region is not None:
+            self.preview.refresh()
+        area = int(c.mask.sum())
+        self.mask_label.setText(f"{c.describe()}  ·  {area} px" if area else f"{c.describe()}  ·  empty")
+        self.preview_updated.emit(seq)
+
+    def cycle_mask(self):
+        """Next candidate mask (key M), best-scored first."""
+        if self.candidates is None or len(self.candidates) < 2:
+            return
+        self.candidates.cycle()
+        self._show_candidate()
+
+    def _clear_preview(self):
+        self.candidates = None
+        self._last_hover_px = None
+        if self.preview_buffer is not None and self.preview_buffer.clear() is not None:
+            self.preview.refresh()
+        self.mask_label.setText("no preview")
+        self.preview_updated.emit(0)
+
+    def _clear_prompt_layers(self):
+        self._suspend += 1
+        try:
+            if self.prompts is not None and len(self.prompts.data):
+                self.prompts.data = np.zeros((0, self.prompts.ndim))
+            if self.box is not None and len(self.box.data):
+                self.box.data = []
+        finally:
+            self._suspend -= 1
+
+    def clear_prompts(self):
+        """Esc: drop prompts and preview, commit nothing."""
+        self.worker.cancel("preview")
+        self._clear_prompt_layers()
+        self._clear_preview()
+
+    # ============================================================================================= commit
+    def current_class(self) -> int:
+        return max(0, self.class_list.currentRow())
+
+    def commit(self) -> int | None:
+        """C: the preview becomes a new object with the selected class; prompts clear."""
+        if self.candidates is None or self.model is None:
+            self.status_label.setText("nothing to commit: click or draw a box first")
+            return None
+        try:
+            oid, _region = self.model.commit(self.candidates.mask, self.current_class(), self.candidates_plane,
+                                             overwrite=self.overwrite_check.isChecked())
+        except ValueError as exc:
+            self.status_label.setText(str(exc))
+            return None
+        self.clear_prompts()
+        self._after_annotation_change()
+        self.select_object(oid)
+        self.status_label.setText(f"committed object #{oid} as {self.model.class_name(oid)}")
+        self.committed.emit(oid)
+        return oid
+
+    def undo(self):
+        if self.model is not None and self.model.undo() is not None:
+            self._after_annotation_change()
+
+    def redo(self):
+        if self.model is not None and self.model.redo() is not None:
+            self._after_annotation_change()
+
+    def select_object(self, object_id: int):
+        self.selected_id = int(object_id)
+        if self.annotations is not None and object_id and self.annotations.selected_label != object_id:
+            self._suspend += 1
+            try:
+                self.annotations.selected_label = int(object_id)
+            finally:
+                self._suspend -= 1
+        self._update_objects_label()
+
+    def _on_labels_selected(self, event):
+        if self._suspend or self.annotations is None:
+            return
+        sel = int(self.annotations.selected_label)
+        if self.model is not None and (sel in self.model.object_class):
+            self.selected_id = sel
+            self._update_objects_label()
+
+    def _on_labels_painted(self, event):
+        self._update_annotation_colors()
+
+    def delete_selected(self):
+        if self.model is None or not self.selected_id:
+            return
+        try:
+            self.model.delete(self.selected_id)
+        except ValueError as exc:
+            self.status_label.setText(str(exc))
+            return
+        self.selected_id = 0
+        self._after_annotation_change()
+
+    def set_selected_class(self, class_index: int):
+        if self.model is None or not self.selected_id:
+            return
+        try:
+            self.model.set_class(self.selected_id, class_index)
+        except ValueError as exc:
+            self.status_label.setText(str(exc))
+            return
+        self._after_annotation_change()
+
+    def _after_annotation_change(self):
+        self.annotations.refresh()
+        self._update_annotation_colors()
+        self._update_objects_label()
+
+    def _update_annotation_colors(self):
+        if self.annotations is None or self.model is None:
+            return
+        from napari.utils.colormaps import DirectLabelColormap, label_colormap
+
+        if self.by_class_check.isChecked():
+            self.annotations.colormap = DirectLabelColormap(color_dict=self.model.color_dict())
+        else:
+            self.annotations.colormap = label_colormap(49)
+
+    def _update_objects_label(self):
+        m = self.model
+        if m is None:
+            self.selected_label.setText("selected: none")
+            self._update_buttons()
+            return
+        if self.selected_id:
+            self.selected_label.setText(f"selected: #{self.selected_id} ({m.class_name(self.selected_id)})")
+        else:
+            self.selected_label.setText("selected: none (Alt+click an object)")
+        counts: dict[str, int] = {}
+        for oid in m.object_class:
+            counts[m.class_name(oid)] = counts.get(m.class_name(oid), 0) + 1
+        self.objects_label.setText(f"{len(m.object_class)} object(s)" + (
+            ": " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) if counts else ""))
+        self._update_buttons()
+
+    def _update_buttons(self):
+        m = self.model
+        self.undo_btn.setEnabled(bool(m and m.can_undo))
+        self.redo_btn.setEnabled(bool(m and m.can_redo))
+        self.delete_btn.setEnabled(bool(m and self.selected_id))
+        self.reclass_btn.setEnabled(bool(m and self.selected_id))
+
+    # ============================================================================================ classes
+    @property
+    def classes(self):
+        return self.model.classes if self.model is not None else self._classes
+
+    def _rebuild_class_list(self):
+        row = self.class_list.currentRow()
+        self.class_list.blockSignals(True)
+        self.class_list.clear()
+        for c in self.classes:
+            it = QListWidgetItem(_swatch(c.color), c.name)
+            it.setFlags(it.flags() | Qt.ItemIsEditable)
+            self.class_list.addItem(it)
+        self.class_list.setCurrentRow(min(max(row, 0), len(self.classes) - 1))
+        self.class_list.blockSignals(False)
+
+    def _classes_target(self) -> AnnotationModel:
+        """Class edits go to the model; before an image is chosen, to a detached model over a dummy array."""
+        if self.model is not None:
+            return self.model
+        return AnnotationModel(np.zeros((1, 1), np.uint8), self._classes)
+
+    def add_class(self, name: str | None = None, color=None) -> int | None:
+        target = self._classes_target()
+        name = name or f"class {len(target.classes) + 1}"
+        try:
+            idx = target.add_class(name, color)
+        except ValueError as exc:
+            self.status_label.setText(str(exc))
+            return None
+        self._classes = target.classes
+        self._rebuild_class_list()
+        self.class_list.setCurrentRow(idx)
+        return idx
+
+    def remove_class(self, index: int) -> bool:
+        target = self._classes_target()
+        try:
+            target.remove_class(index)
+        except ValueError as exc:
+            self.status_label.setText(str(exc))
+            return False
+        self._classes = target.classes
+        self._rebuild_class_list()
+        self._update_annotation_colors()
+        self._update_objects_label()
+        return True
+
+    def rename_class(self, index: int, name: str) -> bool:
+        target = self._classes_target()
+        try:
+            target.rename_class(index, name)
+        except ValueError as exc:
+            self.status_label.setText(str(exc))
+            self._rebuild_class_list()
+            return False
+        self._classes = target.classes
+        self._rebuild_class_list()
+        self._update_objects_label()
+        return True
+
+    def recolor_class(self, index: int, rgb) -> None:
+        target = self._classes_target()
+        target.recolor_class(index, rgb)
+        self._classes = target.classes
+        self._rebuild_class_list()
+        self._update_annotation_colors()
+
+    def _on_class_item_changed(self, item: QListWidgetItem):
+        self.rename_class(self.class_list.row(item), item.text())
+
+    def _pick_class_color(self):
+        i = self.current_class()
+        col = QColorDialog.getColor(QColor(*self.classes[i].color), self, f"Colour of {self.classes[i].name}")
+        if col.isValid():
+            self.recolor_class(i, (col.red(), col.green(), col.blue()))
+
+    # ============================================================================================ keys
+    def _bind_keys(self):
+        keys = {
+            "c": lambda v: self.commit(),
+            "m": lambda v: self.cycle_mask(),
+            "b": lambda v: self.start_box(),
+            "h": lambda v: self.hover_check.toggle(),
+            "Escape": lambda v: self.clear_prompts(),
+            "Control-z": lambda v: self.undo(),
+            "Control-Shift-z": lambda v: self.redo(),
+        }
+        for k, fn in keys.items():
+            self.viewer.bind_key(k, fn, overwrite=True)
+            self._bound_keys.append(k)
+
+    def _on_hover_toggled(self, on: bool):
+        if not on and self._prompt().empty:
+            self.worker.cancel("preview")
+            self._clear_preview()
+
+    def _on_busy(self, group: str, busy: bool):
+        self.busy_bar.setVisible(self.worker.is_busy("embed") or self.worker.is_busy("model"))
+
+    def _notify(self, msg: str):
+        try:
+            from napari.utils.notifications import show_warning
+
+            show_warning(msg)
+        except Exception:  # noqa: BLE001 - a notification must never break the widget
+            log.warning(msg)
+
+    # ========================================================================================== cleanup
+    def cleanup(self):
+        """Stop the worker and detach from the viewer (called when the widget closes)."""
+        if self._closed:
+            return
+        self._closed = True
+        self.worker.close()
+        for k in self._bound_keys:
+            try:
+                self.viewer.bind_key(k, None)
+            except Exception:  # noqa: BLE001 - the viewer may already be gone
+                pass
+        for sig, slot in ((self.viewer.layers.events.inserted, self._refresh_layer_choices),
+                          (self.viewer.layers.events.removed, self._on_layer_removed),
+                          (self.viewer.dims.events.current_step, self._on_dims_step)):
+            try:
+                sig.disconnect(slot)
+            except Exception:  # noqa: BLE001
+                pass
+        if self.prompts is not None:
+            for lst, cb in ((self.prompts.mouse_drag_callbacks, self._on_mouse_drag),
+                            (self.prompts.mouse_move_callbacks, self._on_mouse_move)):
+                if cb in lst:
+                    lst.remove(cb)
+
+    def closeEvent(self, event):  # noqa: N802 (Qt)
+        self.cleanup()
+        super().closeEvent(event)
+
+    @property
+    def timing(self) -> dict[str, float]:
+        """Last measured seconds: embed, predict (worker), click_to_preview / hover_to_preview (GUI)."""
+        return dict(self._timing)
+
+
+def _dtype(layer):
+    data = layer.data[0] if layer.multiscale else layer.data
+    return np.dtype(data.dtype)
+

@@ -1,0 +1,34 @@
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+torch.set_num_threads(1)
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE_DATA = REPO / "sample_data"
+
+
+def datasets_root() -> Path:
+    return Path(os.environ.get("UTSAM_DATASETS", REPO.parent / "shared" / "datasets"))
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    from napari_ultratinysam.network.build import build_model
+
+    return build_model("tiny_test")
+
+
+@pytest.fixture(scope="session")
+def paper_model():
+    from napari_ultratinysam.network.build import build_model
+
+    return build_model("ultratinysam")
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)

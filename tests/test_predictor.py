@@ -1,0 +1,144 @@
+import numpy as np
+import pytest
+
+from napari_ultratinysam.predictor import Predictor
+
+
+class RecordingBackend:
+    """Decoder returns a positive disc at the first prompt's model coordinates; records every call."""
+
+    def __init__(self, cfg, radius_cells=3.0):
+        self.cfg = cfg
+        self.image_size = cfg.image_size
+        self.lowres_size = cfg.image_size // 4
+        self.encode_calls = 0
+        self.decode_calls = []
+        self.r = radius_cells
+
+    def encode(self, x):
+        self.encode_calls += 1
+        return {"x": x}
+
+    def decode(self, feats, coords, labels, mask_input):
+        self.decode_calls.append((coords.copy(), labels.copy(), mask_input))
+        l = self.lowres_size
+        yy, xx = np.mgrid[:l, :l]
+        cx, cy = coords[0] / 4.0
+        disc = np.where((xx + 0.5 - cx) ** 2 + (yy + 0.5 - cy) ** 2 < self.r ** 2, 4.0, -4.0)
+        logits = np.stack([disc, disc, -disc, disc * 0 - 4]).astype(np.float32)
+        return logits, np.array([0.5, 0.9, 0.2, 0.1], np.float32), 1.0
+
+
+@pytest.fixture
+def rec(tiny_model):
+    return RecordingBackend(tiny_model.cfg)
+
+
+def test_click_maps_to_model_coordinates_on_an_asymmetric_image(rec):
+    p = Predictor(rec, zoom_refine=False)
+    img = np.zeros((100, 300, 3), np.uint8)
+    p.set_image(img)
+    r = p.predict(points=[[150, 50]], labels=[1])
+    coords, labels, _ = rec.decode_calls[-1]
+    assert np.allclose(coords, [[64.0, 21.5]], atol=1e-3) and labels.tolist() == [1.0]
+    assert r.masks.shape == (3, 100, 300)
+    assert r.masks[0][50, 150]  # the disc lands under the click
+    assert list(r.scores) == sorted(r.scores, reverse=True) and r.scores[0] == pytest.approx(0.9)
+
+
+def test_box_in_a_corner(rec):
+    p = Predictor(rec, zoom_refine=False)
+    p.set_image(np.zeros((200, 100), np.uint16))
+    r = p.predict(box=[100, 200, 80, 170])  # corners given in any order, bottom-right corner of the image
+    coords, labels, _ = rec.decode_calls[-1]
+    assert labels.tolist() == [2.0, 3.0]
+    assert np.allclose(coords, [[51.2, 108.8], [64.0, 128.0]], atol=1e-3)
+    assert r.masks.shape == (1, 200, 100)  # a box gives the single-mask output
+
+
+def test_encoder_runs_once_per_image_and_cache_is_lru(rec):
+    p = Predictor(rec, zoom_refine=False, cache_size=2)
+    a, b, c = (np.full((50, 60), v, np.uint8) for v in (1, 2, 3))
+    p.set_image(a)
+    for _ in range(5):
+        p.predict(points=[[10, 10]])
+    assert rec.encode_calls == 1
+    p.set_image(b)
+    p.set_image(a)
+    assert rec.encode_calls == 2
+    p.set_image(c)  # evicts b
+    p.set_image(a)
+    assert rec.encode_calls == 3
+    p.set_image(b)
+    assert rec.encode_calls == 4
+
+
+def test_multimask_only_for_a_single_click(rec):
+    p = Predictor(rec, zoom_refine=False)
+    p.set_image(np.zeros((64, 64, 3), np.uint8))
+    assert len(p.predict(points=[[5, 5]]).masks) == 3
+    assert len(p.predict(points=[[5, 5], [9, 9]], labels=[1, 0]).masks) == 1
+    assert len(p.predict(points=[[5, 5]], box=[0, 0, 20, 20]).masks) == 1
+    assert len(p.predict(points=[[5, 5]], multimask=False).masks) == 1
+
+
+def test_mask_input_is_passed_through(rec):
+    p = Predictor(rec, zoom_refine=False)
+    p.set_image(np.zeros((64, 64, 3), np.uint8))
+    r = p.predict(points=[[5, 5]])
+    p.predict(points=[[5, 5], [20, 20]], labels=[1, 1], mask_input=r.lowres[0])
+    assert rec.decode_calls[-1][2].shape == (32, 32)
+
+
+@pytest.mark.parametrize("kw, msg", [
+    (dict(), "at least one point or a box"),
+    (dict(points=[[1, 2, 3]]), r"\(N, 2\) array"),
+    (dict(points=[[1, 2]], labels=[1, 0]), "2 labels for 1 points"),
+    (dict(points=[[1, 2]], labels=[5]), "must be 1 .* or 0"),
+    (dict(points=[[np.nan, 2]]), "finite"),
+    (dict(box=[1, 2, 3]), "box: expected"),
+    (dict(points=[[1, 2]], mask_input=np.zeros((16, 16))), "mask_input: expected low-res logits"),
+])
+def test_bad_prompts_get_one_clear_error(rec, kw, msg):
+    p = Predictor(rec, zoom_refine=False)
+    p.set_image(np.zeros((64, 64, 3), np.uint8))
+    with pytest.raises(ValueError, match=msg):
+        p.predict(**kw)
+
+
+def test_predict_before_set_image(rec):
+    with pytest.raises(RuntimeError, match="set_image"):
+        Predictor(rec).predict(points=[[1, 1]])
+
+
+def test_zoom_refine_crops_small_objects_in_big_images(rec):
+    p = Predictor(rec, zoom_refine=True)
+    img = np.zeros((1000, 1200, 3), np.uint8)
+    p.set_image(img)
+    r = p.predict(points=[[900, 700]])
+    assert rec.encode_calls == 2 and r.zoomed  # the full view, then the crop around the object
+    assert r.masks[0][700, 900] and r.masks.shape == (3, 1000, 1200)
+    p.predict(points=[[902, 701]])
+    assert rec.encode_calls == 2  # the snapped crop embedding is reused for a nearby click
+    assert not Predictor(rec, zoom_refine=False).zoom_refine
+
+
+def test_torch_and_onnx_backends_agree(paper_model):
+    rng = np.random.default_rng(0)
+    img = (rng.random((120, 200, 3)) * 255).astype(np.uint8)
+    pt = Predictor.from_model(paper_model, backend="torch", zoom_refine=False)
+    ox = Predictor.from_model(paper_model, backend="onnx", zoom_refine=False)
+    for pr in (pt, ox):
+        pr.set_image(img)
+    prompts = [dict(points=[[50, 40]]), dict(box=[20, 10, 150, 100]), dict(points=[[50, 40], [120, 90]], labels=[1, 0])]
+    for kw in prompts:
+        a, b = pt.predict(**kw), ox.predict(**kw)
+        assert np.abs(a.lowres - b.lowres).max() < 1e-3
+        for ma, mb in zip(a.masks, b.masks):
+            union = (ma | mb).sum()
+            iou = (ma & mb).sum() / union if union else 1.0
+            assert iou >= 0.99
+    r = pt.predict(points=[[50, 40]])
+    r2 = ox.predict(points=[[50, 40], [60, 50]], labels=[1, 1], mask_input=r.lowres[0])
+    r1 = pt.predict(points=[[50, 40], [60, 50]], labels=[1, 1], mask_input=r.lowres[0])
+    assert np.abs(r1.lowres - r2.lowres).max() < 1e-3

@@ -1,0 +1,471 @@
+"""The annotator widget driven through the same code paths as the mouse and keyboard (fake predictor)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytest
+from napari.utils._proxies import ReadOnlyWrapper
+from napari.utils.interactions import mouse_move_callbacks, mouse_press_callbacks, mouse_release_callbacks
+
+from napari_ultratinysam.widgets.annotation_state import CAMVID_CLASSES
+
+CAR = [c.name for c in CAMVID_CLASSES].index("Car")
+PEDESTRIAN = [c.name for c in CAMVID_CLASSES].index("Pedestrian")
+
+
+@dataclass
+class MouseEvent:
+    """What napari hands to layer mouse callbacks (NapariMouseEvent), with the fields our callbacks read."""
+
+    type: str
+    position: tuple  # world coordinates
+    button: int = 1
+    modifiers: tuple = ()
+    pos: np.ndarray = field(default_factory=lambda: np.zeros(2))  # canvas pixels
+    is_dragging: bool = False
+    dims_displayed: list = field(default_factory=lambda: [0, 1])
+    handled: bool = False
+
+
+def press(layer, position, button=1, modifiers=(), pos=(0, 0)):
+    ev = ReadOnlyWrapper(MouseEvent("mouse_press", tuple(position), button, tuple(modifiers), np.asarray(pos, float)),
+                         exceptions=("handled",))
+    mouse_press_callbacks(layer, ev)
+    return ev
+
+
+def release(layer, position, pos=(0, 0)):
+    mouse_release_callbacks(layer, ReadOnlyWrapper(MouseEvent("mouse_release", tuple(position),
+                                                              pos=np.asarray(pos, float)), exceptions=("handled",)))
+
+
+def click(qtbot, widget, position, button=1, modifiers=(), wait=True):
+    """A full mouse click on the prompts layer; waits for the preview of that click."""
+    if wait:
+        with qtbot.waitSignal(widget.preview_updated, timeout=5000):
+            press(widget.prompts, position, button, modifiers)
+    else:
+        press(widget.prompts, position, button, modifiers)
+    release(widget.prompts, position)
+
+
+def hover(layer, position):
+    mouse_move_callbacks(layer, ReadOnlyWrapper(MouseEvent("mouse_move", tuple(position)), exceptions=("handled",)))
+
+
+def disc(shape, cy, cx, r):
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    return (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+
+
+def test_layers_created_once_and_embedding_off_gui_thread(annotator):
+    viewer, w = annotator()
+    names = [l.name for l in viewer.layers]
+    assert names == ["img", "annotations", "preview", "box", "prompts"]
+    assert viewer.layers.selection.active is w.prompts
+    p = w.session.predictor
+    assert p.set_image_calls and "MainThread" not in p.threads
+    assert "ready" in w.status_label.text()
+
+
+def test_click_updates_preview_in_place(annotator, qtbot):
+    viewer, w = annotator()
+    preview, data = w.preview, w.preview.data
+    click(qtbot, w, (30, 40))  # world (row, col) = image pixel: scale 1
+    call = w.session.predictor.calls[-1]
+    np.testing.assert_array_equal(call["points"], [[40, 30]])  # predictor gets (x, y)
+    assert call["labels"].tolist() == [1] and call["box"] is None and call["mask_input"] is None
+    # best candidate first: radius 10 (score 0.9), though the fake returned it second
+    np.testing.assert_array_equal(data.astype(bool), disc(data.shape, 30, 40, 10))
+    assert "mask 1/3" in w.mask_label.text() and "0.900" in w.mask_label.text()
+    # the second click refines: a negative point, previous low-res mask fed back, same layer object and array
+    click(qtbot, w, (30, 45), button=2)
+    call = w.session.predictor.calls[-1]
+    assert call["labels"].tolist() == [1, 0] and call["mask_input"] is not None
+    assert w.prompts.features["label"].tolist() == [1, 0]
+    assert w.preview is preview and w.preview.data is data
+    assert data[30, 45] == 0 and data[30, 32] == 1
+    fc = w.prompts.face_color
+    assert fc[0][1] > 0.5 and fc[1][0] > 0.5  # positive green, negative red
+    assert [l.name for l in viewer.layers].count("preview") == 1
+
+
+def test_modifier_click_is_negative_and_outside_ignored(annotator, qtbot):
+    viewer, w = annotator()
+    click(qtbot, w, (30, 40))
+    click(qtbot, w, (31, 41), modifiers=("Control",))
+    click(qtbot, w, (32, 42), modifiers=("Shift",))
+    assert w.prompts.features["label"].tolist() == [1, 0, 0]
+    n = len(w.session.predictor.calls)
+    press(w.prompts, (500, 500))  # outside the image: nothing
+    assert len(w.prompts.data) == 3 and len(w.session.predictor.calls) == n
+
+
+def test_drag_takes_the_point_back(annotator, qtbot):
+    viewer, w = annotator()
+    click(qtbot, w, (30, 40))
+    press(w.prompts, (20, 20), pos=(100, 100))
+    assert len(w.prompts.data) == 2
+    ev = ReadOnlyWrapper(MouseEvent("mouse_move", (21, 21), pos=np.array([130.0, 100.0]), is_dragging=True),
+                         exceptions=("handled",))
+    with qtbot.waitSignal(w.preview_updated, timeout=5000):
+        mouse_move_callbacks(w.prompts, ev)
+    release(w.prompts, (21, 21))
+    assert len(w.prompts.data) == 1
+
+
+def test_box_prompt(annotator, qtbot):
+    viewer, w = annotator()
+    with qtbot.waitSignal(w.preview_updated, timeout=5000):
+        w.set_box(10, 5, 30, 25)  # x0, y0, x1, y1
+    call = w.session.predictor.calls[-1]
+    np.testing.assert_array_equal(call["box"], [10, 5, 30, 25])
+    assert call["points"] is None
+    assert w.preview.data[5:26, 10:31].all() and w.preview.data.sum() == 21 * 21
+    # a second box replaces the first (one box per object)
+    with qtbot.waitSignal(w.preview_updated, timeout=5000):
+        w.set_box(40, 40, 50, 50)
+    qtbot.waitUntil(lambda: len(w.box.data) == 1, timeout=2000)
+    np.testing.assert_array_equal(w.session.predictor.calls[-1]["box"], [40, 40, 50, 50])
+    assert w.preview.data[45, 45] == 1 and w.preview.data[10, 10] == 0
+    # box + click together
+    click(qtbot, w, (45, 45))
+    call = w.session.predictor.calls[-1]
+    assert call["box"] is not None and call["points"].tolist() == [[45, 45]]
+
+
+def test_drawn_box_through_the_shapes_mouse_path(annotator, qtbot):
+    viewer, w = annotator()
+    w.start_box()
+    assert viewer.layers.selection.active is w.box and w.box.mode == "add_rectangle"
+    with qtbot.waitSignal(w.preview_updated, timeout=5000):
+        press(w.box, (5, 10))
+        mouse_move_callbacks(w.box, ReadOnlyWrapper(MouseEvent("mouse_move", (25, 30), is_dragging=True),
+                                                    exceptions=("handled",)))
+        release(w.box, (25, 30))
+    np.testing.assert_allclose(w.session.predictor.calls[-1]["box"], [10, 5, 30, 25], atol=1)
+    qtbot.waitUntil(lambda: viewer.layers.selection.active is w.prompts, timeout=2000)
+
+
+def test_multimask_cycle(annotator, qtbot):
+    viewer, w = annotator()
+    click(qtbot, w, (30, 40))
+    sizes = []
+    for _ in range(3):
+        sizes.append(int(w.preview.data.sum()))
+        w.cycle_mask()
+    assert sizes[0] == disc((64, 80), 30, 40, 10).sum()
+    assert len(set(sizes)) == 3
+    assert "mask 1/3" in w.mask_label.text()  # wrapped around
+    w.cycle_mask()
+    assert "mask 2/3" in w.mask_label.text() and "0.800" in w.mask_label.text()
+
+
+def test_commit_writes_ids_and_classes(annotator, qtbot):
+    viewer, w = annotator()
+    w.class_list.setCurrentRow(CAR)
+    click(qtbot, w, (30, 40))
+    oid = w.commit()
+    assert oid == 1
+    ann = w.annotations.data
+    np.testing.assert_array_equal(ann == 1, disc(ann.shape, 30, 40, 10))
+    assert w.model.object_class == {1: CAR}
+    assert len(w.prompts.data) == 0 and w.preview.data.sum() == 0  # prompts and preview cleared
+    assert w.selected_id == 1 and w.annotations.selected_label == 1
+    w.class_list.setCurrentRow(PEDESTRIAN)
+    click(qtbot, w, (10, 10))
+    assert w.commit() == 2
+    assert w.model.object_class == {1: CAR, 2: PEDESTRIAN}
+    assert (ann == 2).sum() == disc(ann.shape, 10, 10, 10).sum()
+    # class colours
+    cmap = w.annotations.colormap
+    np.testing.assert_allclose(cmap.color_dict[1][:3], np.array([64, 0, 128]) / 255, atol=1e-3)
+    np.testing.assert_allclose(cmap.color_dict[2][:3], np.array([64, 64, 0]) / 255, atol=1e-3)
+    w.by_class_check.setChecked(False)
+    assert type(w.annotations.colormap).__name__ == "CyclicLabelColormap"
+    assert "2 object(s)" in w.objects_label.text()
+    assert w.commit() is None  # nothing to commit
+
+
+def test_undo_redo_keep_brush_edits(annotator, qtbot):
+    viewer, w = annotator()
+    click(qtbot, w, (30, 40))
+    w.commit()
+    ann = w.annotations
+    snap = ann.data.copy()
+    # a brush stroke in napari's Labels layer (its own paint path), crossing the object
+    ann.selected_label = 9
+    ann.brush_size = 3
+    ann.paint((30, 20), 9)
+    ann.paint((30, 60), 9)
+    brushed = ann.data == 9
+    assert brushed.any()
+    w.undo()
+    assert (ann.data == 1).sum() == 0 and (ann.data[brushed] == 9).all()
+    assert w.model.object_class == {}
+    w.redo()
+    assert (ann.data[brushed] == 9).all()
+    assert ((ann.data == 1) == (snap == 1) & ~brushed).all()
+    assert w.model.object_class == {1: 0}
+
+
+def test_select_delete_reclass(annotator, qtbot):
+    viewer, w = annotator()
+    click(qtbot, w, (30, 40))
+    w.commit()
+    click(qtbot, w, (10, 10))
+    w.commit()
+    press(w.prompts, (30, 40), modifiers=("Alt",))  # Alt+click picks, adds no point
+    release(w.prompts, (30, 40))
+    assert w.selected_id == 1 and len(w.prompts.data) == 0
+    assert "#1 (Sky)" in w.selected_label.text()
+    w.class_list.setCurrentRow(CAR)
+    w.set_selected_class(w.current_class())
+    assert w.model.object_class[1] == CAR and "#1 (Car)" in w.selected_label.text()
+    np.testing.assert_allclose(w.annotations.colormap.color_dict[1][:3], np.array([64, 0, 128]) / 255, atol=1e-3)
+    w.delete_selected()
+    assert (w.annotations.data == 1).sum() == 0 and 1 not in w.model.object_class
+    w.undo()  # delete undone
+    assert (w.annotations.data == 1).sum() > 0 and w.model.object_class[1] == CAR
+    w.undo()  # re-class undone
+    assert w.model.object_class[1] == 0
+    # napari's own label picker selects too
+    w.annotations.selected_label = 2
+    assert w.selected_id == 2
+
+
+def test_class_editing(annotator, qtbot):
+    viewer, w = annotator()
+    i = w.add_class("Dog", (10, 20, 30))
+    assert w.class_list.count() == 12 and w.class_list.item(i).text() == "Dog"
+    assert w.current_class() == i
+    w.class_list.item(i).setText("Hound")  # edited in the list
+    assert w.model.classes[i].name == "Hound"
+    w.recolor_class(i, (1, 2, 3))
+    click(qtbot, w, (30, 40))
+    oid = w.commit()
+    assert w.model.object_class[oid] == i
+    np.testing.assert_allclose(w.annotations.colormap.color_dict[oid][:3], np.array([1, 2, 3]) / 255, atol=1e-3)
+    assert not w.remove_class(i) and "used by" in w.status_label.text()
+    assert w.remove_class(0) and w.class_list.count() == 11 and w.model.object_class[oid] == i - 1
+
+
+def test_escape_clears_without_commit(annotator, qtbot):
+    viewer, w = annotator()
+    click(qtbot, w, (30, 40))
+    w.set_box(1, 1, 20, 20)
+    qtbot.wait(100)
+    w.viewer.window._qt_viewer._key_map_handler.press_key("Escape")
+    assert len(w.prompts.data) == 0 and len(w.box.data) == 0
+    assert w.preview.data.sum() == 0 and w.annotations.data.sum() == 0 and w.candidates is None
+
+
+def test_keyboard_shortcuts(annotator, qtbot):
+    viewer, w = annotator()
+    keys = w.viewer.window._qt_viewer._key_map_handler
+    click(qtbot, w, (30, 40))
+    keys.press_key("M")
+    keys.release_key("M")
+    assert "mask 2/3" in w.mask_label.text()
+    keys.press_key("M")
+    keys.release_key("M")
+    keys.press_key("M")
+    keys.release_key("M")
+    keys.press_key("C")
+    keys.release_key("C")
+    assert w.model.object_class == {1: 0}
+    keys.press_key("Control-Z")
+    assert w.model.object_class == {} and w.annotations.data.sum() == 0
+    keys.press_key("Control-Shift-Z")
+    assert w.model.object_class == {1: 0}
+    keys.press_key("H")
+    assert not w.hover_check.isChecked()
+    keys.press_key("B")
+    assert w.box.mode == "add_rectangle"
+
+
+def test_hover_preview_follows_mouse_until_click(annotator, qtbot):
+    viewer, w = annotator()
+    with qtbot.waitSignal(w.preview_updated, timeout=5000):
+        hover(w.prompts, (20, 20))
+    assert w.preview.data[20, 20] == 1 and w.preview.data[50, 60] == 0
+    with qtbot.waitSignal(w.preview_updated, timeout=5000):
+        hover(w.prompts, (50, 60))
+    assert w.preview.data[50, 60] == 1 and w.preview.data[20, 20] == 0
+    n = len(w.session.predictor.calls)
+    hover(w.prompts, (50, 60))  # same pixel: no new request
+    qtbot.wait(50)
+    assert len(w.session.predictor.calls) == n
+    with qtbot.waitSignal(w.preview_updated, timeout=5000):
+        hover(w.prompts, (500, 500))  # off the image: preview cleared
+    assert w.preview.data.sum() == 0
+    click(qtbot, w, (30, 40))
+    n = len(w.session.predictor.calls)
+    hover(w.prompts, (10, 10))  # a prompt exists: hover does nothing
+    qtbot.wait(50)
+    assert len(w.session.predictor.calls) == n and w.preview.data[30, 40] == 1
+    w.clear_prompts()
+    w.hover_check.setChecked(False)
+    hover(w.prompts, (10, 12))
+    qtbot.wait(50)
+    assert len(w.session.predictor.calls) == n
+
+
+def test_hover_is_throttled_to_one_in_flight(annotator, qtbot, FakePredictor):
+    slow = FakePredictor(delays=[0.2])
+    viewer, w = annotator(predictor=slow)
+    for i in range(20):
+        hover(w.prompts, (10 + i, 10 + i))
+    qtbot.waitUntil(lambda: w.preview.data[29, 29] == 1, timeout=5000)
+    assert len(slow.calls) == 2  # the first one, then only the newest position
+    np.testing.assert_array_equal(slow.calls[-1]["points"], [[29, 29]])
+
+
+def test_stale_click_result_is_dropped(annotator, qtbot, FakePredictor):
+    slow = FakePredictor(delays=[0.4])  # the first prediction is slow
+    viewer, w = annotator(predictor=slow)
+    dropped = []
+    w.worker.dropped.connect(lambda seq, g: dropped.append((seq, g)))
+    shown = []
+    w.preview_updated.connect(shown.append)
+    click(qtbot, w, (10, 10), wait=False)
+    qtbot.waitUntil(lambda: len(slow.calls) == 1, timeout=2000)  # the slow one is running
+    click(qtbot, w, (50, 60), modifiers=("Control",), wait=False)
+    click(qtbot, w, (30, 40), wait=False)  # replaces the pending second request
+    qtbot.waitUntil(lambda: len(shown) >= 1, timeout=5000)
+    qtbot.wait(500)
+    assert len(shown) == 1  # only the newest request reached the preview
+    assert len(slow.calls) == 2  # the middle request never ran
+    assert [g for _, g in dropped].count("preview") == 2
+    np.testing.assert_array_equal(slow.calls[-1]["points"], [[10, 10], [60, 50], [40, 30]])
+    assert w.preview.data[30, 40] == 1 and w.preview.data[10, 10] == 0
+
+
+def test_escape_drops_in_flight_prediction(annotator, qtbot, FakePredictor):
+    slow = FakePredictor(delays=[0.3])
+    viewer, w = annotator(predictor=slow)
+    click(qtbot, w, (10, 10), wait=False)
+    qtbot.waitUntil(lambda: len(slow.calls) == 1, timeout=2000)
+    w.clear_prompts()
+    qtbot.wait(500)
+    assert w.preview.data.sum() == 0 and w.candidates is None
+
+
+def test_gui_thread_not_blocked_by_slow_embedding(qtbot, make_napari_viewer, FakePredictor):
+    import time
+
+    from napari_ultratinysam.widgets.annotator import AnnotatorWidget
+
+    viewer = make_napari_viewer()
+    p = FakePredictor(embed_delay=0.5)
+    w = AnnotatorWidget(viewer, predictor=p)
+    try:
+        t0 = time.perf_counter()
+        viewer.add_image(np.zeros((32, 32), np.uint8))
+        qtbot.waitUntil(lambda: w.busy_bar.isVisibleTo(w), timeout=2000)
+        assert time.perf_counter() - t0 < 0.4  # returned while the embedding still runs
+        assert "computing" in w.status_label.text()
+        qtbot.waitUntil(lambda: not w.busy_bar.isVisibleTo(w), timeout=5000)
+        assert "ready" in w.status_label.text()
+    finally:
+        w.cleanup()
+
+
+def test_rgb_and_float_images(annotator, qtbot):
+    rgb = np.zeros((40, 50, 3), np.uint8)
+    viewer, w = annotator(image=rgb)
+    assert w.annotations.data.shape == (40, 50)
+    click(qtbot, w, (20, 25))
+    assert w.preview.data[20, 25] == 1
+    assert w.session.predictor._image.shape == (40, 50, 3)
+    f = (np.arange(40 * 50, dtype=np.float32).reshape(40, 50) * 3.0)
+    viewer2, w2 = annotator(image=f)
+    img = w2.session.predictor._image
+    assert img.dtype == np.float32 and 0 <= img.min() and img.max() <= 1  # the layer's contrast limits applied
+
+
+def test_stack_slice_by_slice(annotator, qtbot):
+    stack = np.zeros((3, 40, 50), np.uint8)
+    viewer, w = annotator(image=stack)
+    assert w.annotations.data.shape == (3, 40, 50) and w.prompts.ndim == 3
+    click(qtbot, w, (0, 20, 25))
+    w.commit()
+    with qtbot.waitSignal(w.embedding_ready, timeout=5000):
+        viewer.dims.set_current_step(0, 2)
+    assert w._plane == (2,)
+    click(qtbot, w, (2, 10, 10))
+    assert w.preview.data[2, 10, 10] == 1 and w.preview.data[0].sum() == 0
+    w.class_list.setCurrentRow(CAR)
+    w.commit()
+    ann = w.annotations.data
+    assert ann[0, 20, 25] == 1 and ann[2, 10, 10] == 2 and ann[1].sum() == 0
+    keys = w.session.predictor.set_image_calls
+    assert len({k[1] for k in keys}) == 2  # one embedding per slice, keyed by slice
+    with qtbot.waitSignal(w.embedding_ready, timeout=5000):
+        viewer.dims.set_current_step(0, 0)
+    assert w.session.predictor.set_image_calls[-1][1] == (0,)
+
+
+def test_zoom_refine_flag_reaches_predictor(annotator, qtbot):
+    viewer, w = annotator()
+    w.zoom_check.setChecked(False)
+    click(qtbot, w, (30, 40))
+    assert w.session.predictor.calls[-1]["zoom_refine"] is False
+    w.zoom_check.setChecked(True)
+    click(qtbot, w, (31, 40))
+    assert w.session.predictor.calls[-1]["zoom_refine"] is True
+
+
+def test_model_picker_loads_off_thread(annotator, qtbot, FakePredictor):
+    new = FakePredictor(radius=5)
+    specs = []
+
+    def loader(spec):
+        specs.append(spec)
+        return new
+
+    viewer, w = annotator(loader=loader)
+    w.source_combo.setCurrentIndex(2)  # ONNX folder
+    assert w.backend_combo.currentText() == "onnxruntime" and w.path_edit.isEnabled()
+    w.path_edit.setText("/models/onnx")
+    with qtbot.waitSignal(w.embedding_ready, timeout=5000):
+        w.load_model()
+    assert specs[-1].source == "onnx" and specs[-1].path == "/models/onnx"
+    assert w.session.predictor is new and "loaded" in w.model_label.text()
+    click(qtbot, w, (30, 40))
+    assert w.preview.data.sum() == disc((64, 80), 30, 40, 5).sum()
+
+
+def test_model_error_is_reported(annotator, qtbot):
+    def loader(spec):
+        raise FileNotFoundError("/nope.safetensors: no such checkpoint")
+
+    viewer, w = annotator(loader=loader)
+    w.source_combo.setCurrentIndex(1)
+    with qtbot.waitSignal(w.worker.delivered, timeout=5000):
+        w.load_model()
+    assert "no such checkpoint" in w.model_label.text()
+
+
+def test_help_lists_every_shortcut(annotator):
+    viewer, w = annotator()
+    text = w.help_label.text()
+    for key in ("Left click", "Right click", "Alt+click", "B", "M", "C", "Esc", "Ctrl+Z", "Ctrl+Shift+Z", "H"):
+        assert key in text
+    bound = {str(k) for k in viewer.keymap}
+    for k in ("C", "M", "B", "H", "Escape", "Ctrl+Z", "Ctrl+Shift+Z"):
+        assert k in bound
+    w.cleanup()
+    assert "C" not in {str(k) for k in viewer.keymap}
+
+
+def test_removed_layers_are_recreated(annotator, qtbot):
+    viewer, w = annotator()
+    viewer.layers.remove(w.preview)
+    assert w.preview is None
+    with qtbot.waitSignal(w.embedding_ready, timeout=5000):
+        w.set_image_layer(viewer.layers["img"])
+    assert w.preview is not None and "preview" in [l.name for l in viewer.layers]
+    click(qtbot, w, (30, 40))
+    assert w.preview.data[30, 40] == 1
