@@ -14,6 +14,7 @@ COMMAND_MODULES = [
     "napari_ultratinysam.evaluation.commands",
     "napari_ultratinysam.training.commands",
     "napari_ultratinysam.data.commands",
+    "napari_ultratinysam.compression.commands",
 ]
 
 

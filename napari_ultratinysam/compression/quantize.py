@@ -153,6 +153,24 @@ def default_calibration_source() -> Path | None:
     return None
 
 
+_MASK_SUFFIXES = ("_instances", "_instance", "_mask", "_masks", "_labels", "_label", "_ids")
+
+
+def _image_files(folder: Path) -> list[tuple[Path, Path | None]]:
+    """Plain image folder: (image, its ``<stem>_instances.png`` id map or None); the id maps are not images."""
+    from ..data.readers._common import IMAGE_EXTS
+
+    files = sorted(f for f in folder.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTS
+                   and not f.name.startswith("."))
+    out = []
+    for f in files:
+        if f.stem.lower().endswith(_MASK_SUFFIXES):
+            continue
+        ids = next((c for c in (folder / f"{f.stem}{sfx}.png" for sfx in _MASK_SUFFIXES) if c.is_file()), None)
+        out.append((f, ids))
+    return out
+
+
 def _open_source(source: str | Path, split: str | None):
     """A dataset (any reader format, the train split when present) or a plain folder of images."""
     from ..data.readers import read_dataset
@@ -162,7 +180,7 @@ def _open_source(source: str | Path, split: str | None):
     if not p.exists():
         raise FileNotFoundError(f"calibration data {p}: not found")
     if p.is_file() and p.suffix.lower() in IMAGE_EXTS:
-        return [p]
+        return [(p, None)]
     try:
         if split is None:
             try:
@@ -173,22 +191,29 @@ def _open_source(source: str | Path, split: str | None):
         return read_dataset(p, split=split)
     except ValueError:
         if p.is_dir():
-            files = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTS
-                           and not f.name.startswith("."))
+            files = _image_files(p)
             if files:
                 return files
         raise
 
 
 def _read_item(item) -> tuple[str, np.ndarray, np.ndarray | None]:
-    if isinstance(item, Path):
+    if isinstance(item, tuple):
         from PIL import Image
 
+        path, ids_path = item
         try:
-            with Image.open(item) as im:
-                return item.stem, np.asarray(im.convert("RGB")), None
+            with Image.open(path) as im:
+                img = np.asarray(im.convert("RGB"))
+            masks = None
+            if ids_path is not None:
+                with Image.open(ids_path) as im:
+                    ids = np.asarray(im)
+                if ids.ndim == 2 and ids.shape == img.shape[:2]:
+                    masks = np.stack([ids == v for v in np.unique(ids) if v != 0]) if ids.any() else None
         except OSError as e:
-            raise QuantizationError(f"calibration image {item}: cannot be read ({e})") from None
+            raise QuantizationError(f"calibration image {path}: cannot be read ({e})") from None
+        return path.stem, img, masks
     return item.name, item.image, item.masks
 
 
@@ -245,11 +270,13 @@ def load_calibration(source: str | Path | None = None, num_images: int = 128, im
 def _repr_gen(samples: Sequence[CalibrationSample], progress: Progress | None = None, lo: float = 0.0,
               hi: float = 0.0, what: str = "calibrating"):
     inputs = [s.input for s in samples]
+    state = {"frac": lo}
 
-    def gen():
+    def gen():  # MCT iterates it more than once: progress never moves backwards
         for i, x in enumerate(inputs):
             if progress is not None:
-                _report(progress, f"{what} {i + 1}/{len(inputs)}", lo + (hi - lo) * (i + 1) / len(inputs))
+                state["frac"] = max(state["frac"], lo + (hi - lo) * (i + 1) / len(inputs))
+                _report(progress, f"{what} {i + 1}/{len(inputs)}", state["frac"])
             yield [x]
 
     return gen
@@ -373,6 +400,9 @@ def quantize_qat(graph: DeployGraph, samples: Sequence[CalibrationSample], steps
                 m.eval()
                 for p in m.parameters(recurse=False):
                     p.requires_grad_(False)
+        for name, p in qat_model.named_parameters():  # the fixed token pickers / folded queries stay fixed
+            if name.split(".")[0].startswith(("sel_", "qfold")):
+                p.requires_grad_(False)
         params = [p for p in qat_model.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
         rng = np.random.default_rng(seed)
@@ -520,3 +550,111 @@ def mask_agreement(graph: DeployGraph, runner: QuantizedOnnxRunner,
     return {"num_images": len(per_token), "mean_iou": float(np.mean(per_token)),
             "mean_iou_chosen": float(np.mean(chosen)), "min_iou": float(np.min(per_token)),
             "same_choice": float(np.mean(same_choice)), "iou_pred_abs_err": float(np.mean(iou_err))}
+
+
+# ------------------------------------------------------------------------------------------------ one-call pipeline
+
+ONNX_NAME = "ultratinysam_imx500.onnx"
+METHODS = ("ptq", "qat")
+
+
+def load_export_model(checkpoint=None, config=None, model=None):
+    """-> (model, where it came from). ``model`` (a live UltraTinySAM) is deep-copied, never modified;
+    ``config`` (a preset name or YAML) builds random weights; else ``checkpoint`` or the shipped weights."""
+    import copy
+
+    from ..checkpoints import DEFAULT_CHECKPOINT, load_model
+
+    if sum(v is not None for v in (checkpoint, config, model)) > 1:
+        raise ValueError("give one of a checkpoint, a config preset (random weights) or a model")
+    if model is not None:
+        return copy.deepcopy(model).eval(), "the model in use"
+    if config is not None:
+        from ..network.build import build_model
+
+        return build_model(config), f"config {config} (random weights)"
+    path = Path(checkpoint) if checkpoint is not None else DEFAULT_CHECKPOINT
+    if checkpoint is None and not path.is_file():
+        raise FileNotFoundError(f"the shipped weights {path} are not there; pass a checkpoint (--checkpoint) "
+                                f"or a config preset for random weights (--config ultratinysam)")
+    return load_model(path), str(path)
+
+
+@dataclass
+class QuantizeResult:
+    graph: DeployGraph
+    onnx_path: Path
+    source: str
+    method: str
+    samples: list
+    times: dict
+    agreement: dict | None
+    float_check_max_abs_diff: float
+
+
+def check_deploy_graph(graph: DeployGraph, x: torch.Tensor, rtol: float = 1e-3) -> float:
+    """Max abs difference between the deploy graph and the float model's own path; raises if it is not tiny."""
+    with torch.no_grad():
+        outs, refs = graph(x), graph.reference(x)
+    diff = max(float((a - b).abs().max()) for a, b in zip(outs, refs))
+    scale = max(1.0, max(float(r.abs().max()) for r in refs))
+    if diff > rtol * scale:
+        raise QuantizationError(f"the deploy graph differs from the float model (max abs diff {diff:.3g}); the "
+                                "network code changed in a way compression/deploy_graph.py does not follow")
+    return diff
+
+
+def quantize_to_onnx(checkpoint=None, prompt: str = "center-point", points=None, box=None, calibration=None,
+                     method: str = "ptq", out: str | Path = "quantized", num_images: int = 128,
+                     qat_steps: int = 200, qat_lr: float = 1e-5, config=None, model=None,
+                     agreement_images: int = 8, progress: Progress | None = None,
+                     fraction: tuple[float, float] = (0.0, 1.0)) -> QuantizeResult:
+    """Checkpoint -> deploy graph (prompt baked in) -> MCT PTQ or QAT -> ``out/ultratinysam_imx500.onnx``, plus
+    the float-vs-quantized mask agreement on ``agreement_images`` calibration images (CPU, onnxruntime).
+
+    The returned graph still holds the model in its deploy form: call ``result.graph.release()`` when done.
+    """
+    from .deploy_graph import make_prompt
+
+    method = method.lower()
+    if method not in METHODS:
+        raise ValueError(f"unknown quantization method {method!r}; choose ptq or qat")
+    require_mct()
+    lo, hi = fraction
+
+    def at(f: float) -> float:
+        return lo + (hi - lo) * f
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    times: dict[str, float] = {}
+    _report(progress, "loading the model", at(0.0))
+    net, source = load_export_model(checkpoint, config, model)
+    baked = make_prompt(prompt, points=points, box=box, image_size=net.cfg.image_size)
+    graph = DeployGraph(net, baked)
+    try:
+        _report(progress, f"loading {num_images} calibration images", at(0.01))
+        samples = load_calibration(calibration, num_images=num_images, image_size=net.cfg.image_size,
+                                   progress=None)
+        diff = check_deploy_graph(graph, samples[0].input)
+        t = time.perf_counter()
+        if method == "ptq":
+            qm = quantize_ptq(graph, samples, progress, fraction=(at(0.05), at(0.85)))
+        else:
+            qm = quantize_qat(graph, samples, steps=qat_steps, lr=qat_lr, progress=progress,
+                              fraction=(at(0.05), at(0.85)))
+        times[f"{method}_s"] = round(time.perf_counter() - t, 1)
+        _report(progress, "exporting the quantized ONNX", at(0.85))
+        t = time.perf_counter()
+        onnx_path = export_quantized_onnx(qm, out / ONNX_NAME, samples, graph.output_names)
+        times["onnx_export_s"] = round(time.perf_counter() - t, 1)
+        agreement = None
+        if agreement_images > 0:
+            _report(progress, "comparing float and quantized masks on the CPU", at(0.95))
+            agreement = mask_agreement(graph, QuantizedOnnxRunner(onnx_path), samples[:agreement_images])
+            _report(progress, f"float vs quantized: mean mask IoU {agreement['mean_iou']:.3f} on "
+                              f"{agreement['num_images']} calibration images", at(1.0))
+    except BaseException:
+        graph.release()
+        raise
+    return QuantizeResult(graph, onnx_path, source, method, list(samples), times, agreement, diff)

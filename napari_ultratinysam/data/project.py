@@ -177,9 +177,10 @@ class Project:
     def image(self, i: int) -> np.ndarray:
         """(H, W, 3) uint8 RGB of image ``i``."""
         img = read_rgb(self.image_path(i))
-        if img.shape[:2] != self.image_size(i):
+        h, w = self.image_size(i)
+        if img.shape[:2] != (h, w):
             raise ValueError(f"{self.image_path(i)}: size changed since the project was created "
-                             f"({img.shape[1]}x{img.shape[0]}, expected {self.image_size(i)[1]}x{self.image_size(i)[0]})")
+                             f"({img.shape[1]}x{img.shape[0]}, expected {w}x{h})")
         return img
 
     @property

@@ -157,11 +157,16 @@ def shrink(item: AnnotatedImage, size: int, min_area: int
            ) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[int, int], np.ndarray | None]:
     """Letterbox an item -> (image, kept masks, their classes, valid (h, w), letterboxed ignore map or None)."""
     image, geo = letterbox(item.image, size)
-    masks = letterbox_masks(item.masks, size)
-    keep = masks.reshape(len(masks), -1).sum(1) >= max(min_area, 1)
+    cand = np.arange(item.num_objects)
+    if geo.scale <= 1.0 and len(cand):
+        # nearest-neighbour shrinking samples distinct source pixels, so a mask can only lose area:
+        # masks already under min_area are skipped before the (costly) resize
+        cand = cand[item.masks.reshape(len(cand), -1).sum(1) >= max(min_area, 1)]
+    masks = letterbox_masks(item.masks[cand], size)
+    keep = masks.reshape(len(masks), size * size).sum(1) >= max(min_area, 1)
     ignore = item.extra.get("ignore")
     small_ignore = letterbox_masks(np.asarray(ignore, dtype=bool)[None], size)[0] if ignore is not None else None
-    return image, masks[keep], item.class_ids[keep], geo.new_hw, small_ignore
+    return image, masks[keep], item.class_ids[cand][keep], geo.new_hw, small_ignore
 
 
 def preprocess(input, out: str | Path, format: str = "auto", size: int = 128, min_area: int = 150,
@@ -315,7 +320,10 @@ class ShardDataset(Dataset):
 
 
 def detect(path: Path) -> bool:
-    return path.is_dir() and (path / INDEX).is_file()
+    if not (path.is_dir() and (path / INDEX).is_file()):
+        return False
+    with open(path / INDEX, encoding="utf-8", errors="replace") as f:
+        return SHARD_FORMAT in f.read(512)
 
 
 def read(path: Path, split: str | None = None, min_area: int = 0) -> ShardDataset:

@@ -564,6 +564,17 @@ class PredictorSession:
         self._key = key
         return computed
 
+    def prefetch(self, key: Hashable, get_image: Callable[[], np.ndarray]) -> bool:
+        """Compute an embedding ahead (e.g. the next image of a project) without changing the current image."""
+        p = self.ensure_predictor()
+        has = getattr(p, "has_image", None)
+        if has is not None and has(key):
+            return False
+        cur = self._key
+        p.set_image(np.asarray(get_image()), key=key)
+        self._key = key if cur is None else None  # the current image is set again (from the cache) on next use
+        return True
+
     def predict(self, key: Hashable, get_image: Callable[[], np.ndarray], prompt: Prompt,
                 mask_input: np.ndarray | None = None, multimask: bool | None = None):
         self.ensure_image(key, get_image)

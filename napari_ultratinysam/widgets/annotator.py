@@ -36,6 +36,7 @@ from qtpy.QtWidgets import (
 from .annotation_state import (
     CAMVID_CLASSES,
     AnnotationModel,
+    ClassSpec,
     Candidates,
     PredictorSession,
     PredictorSpec,
@@ -108,6 +109,10 @@ class AnnotatorWidget(QWidget):
         self.selected_id = 0
         self._classes = list(CAMVID_CLASSES)
         self._image_token = 0
+        self._key_base = None  # a stable embedding key for project images (else a per-layer token)
+        self.project = None
+        self.project_index = -1
+        self.saver = LatestRequestWorker(name="utsam-autosave", parent=self)  # project writes, off the GUI thread
         self._plane: tuple = ()
         self._suspend = 0  # > 0 while we change layers ourselves (ignore their events)
         self._last_hover_px: tuple | None = None
@@ -250,6 +255,28 @@ class AnnotatorWidget(QWidget):
         v.addWidget(self.objects_label)
         lay.addWidget(g)
 
+        # ---- project
+        g = QGroupBox("Project")
+        v = QVBoxLayout(g)
+        row = QHBoxLayout()
+        self.open_project_btn = QPushButton("Open...")
+        self.open_project_btn.setToolTip("open an annotation project folder")
+        self.open_project_btn.clicked.connect(self._open_project_dialog)
+        self.new_project_btn = QPushButton("New from images...")
+        self.new_project_btn.setToolTip("choose a folder of images, then where to keep the project")
+        self.new_project_btn.clicked.connect(self._new_project_dialog)
+        self.prev_btn = QPushButton("< Prev")
+        self.prev_btn.clicked.connect(lambda: self.go_to_image(self.project_index - 1))
+        self.next_btn = QPushButton("Next >")
+        self.next_btn.clicked.connect(lambda: self.go_to_image(self.project_index + 1))
+        for b in (self.open_project_btn, self.new_project_btn, self.prev_btn, self.next_btn):
+            row.addWidget(b)
+        v.addLayout(row)
+        self.project_label = QLabel("no project: annotations live in the 'annotations' layer only")
+        self.project_label.setWordWrap(True)
+        v.addWidget(self.project_label)
+        lay.addWidget(g)
+
         # ---- help
         self.help_label = QLabel(SHORTCUT_HELP)
         self.help_label.setWordWrap(True)
@@ -367,7 +394,7 @@ class AnnotatorWidget(QWidget):
         data = layer.data[0] if layer.multiscale else layer.data
         return tuple(data.shape[:-1] if layer.rgb else data.shape)
 
-    def set_image_layer(self, layer) -> None:
+    def set_image_layer(self, layer, key_base=None) -> None:
         """Annotate ``layer``: (re)create the helper layers if needed and start computing the embedding."""
         shape = self.spatial_shape(layer)
         if len(shape) not in (2, 3):
@@ -378,6 +405,7 @@ class AnnotatorWidget(QWidget):
         self.worker.cancel("preview")
         self.image_layer = layer
         self._image_token += 1
+        self._key_base = key_base
         self._plane = self._current_plane()
         self._ensure_layers()
         self._clear_prompt_layers()
@@ -463,7 +491,7 @@ class AnnotatorWidget(QWidget):
     def _embedding_key(self):
         il = self.image_layer
         contrast = () if (il.rgb or _dtype(il) == np.uint8) else tuple(float(c) for c in il.contrast_limits)
-        return (self._image_token, self._plane, contrast)
+        return (self._key_base or self._image_token, self._plane, contrast)
 
     def _image_getter(self) -> Callable[[], np.ndarray]:
         """A function that reads the current plane (called on the worker thread; works for dask arrays too)."""
@@ -704,9 +732,11 @@ class AnnotatorWidget(QWidget):
         c = self.candidates
         if c is None or self.preview_buffer is None:
             return
+        t0 = time.perf_counter()
         region = self.preview_buffer.show(c.mask, self.candidates_plane)
         if region is not None:
             self.preview.refresh()
+        self._timing["preview_update"] = time.perf_counter() - t0
         area = int(c.mask.sum())
         self.mask_label.setText(f"{c.describe()}  ·  {area} px" if area else f"{c.describe()}  ·  empty")
         self.preview_updated.emit(seq)
@@ -792,6 +822,7 @@ class AnnotatorWidget(QWidget):
 
     def _on_labels_painted(self, event):
         self._update_annotation_colors()
+        self._autosave()
 
     def delete_selected(self):
         if self.model is None or not self.selected_id:
@@ -818,6 +849,7 @@ class AnnotatorWidget(QWidget):
         self.annotations.refresh()
         self._update_annotation_colors()
         self._update_objects_label()
+        self._autosave()
 
     def _update_annotation_colors(self):
         if self.annotations is None or self.model is None:
@@ -886,6 +918,7 @@ class AnnotatorWidget(QWidget):
         self._classes = target.classes
         self._rebuild_class_list()
         self.class_list.setCurrentRow(idx)
+        self._sync_project_classes()
         return idx
 
     def remove_class(self, index: int) -> bool:
@@ -899,6 +932,7 @@ class AnnotatorWidget(QWidget):
         self._rebuild_class_list()
         self._update_annotation_colors()
         self._update_objects_label()
+        self._sync_project_classes()
         return True
 
     def rename_class(self, index: int, name: str) -> bool:
@@ -912,6 +946,7 @@ class AnnotatorWidget(QWidget):
         self._classes = target.classes
         self._rebuild_class_list()
         self._update_objects_label()
+        self._sync_project_classes()
         return True
 
     def recolor_class(self, index: int, rgb) -> None:
@@ -920,6 +955,7 @@ class AnnotatorWidget(QWidget):
         self._classes = target.classes
         self._rebuild_class_list()
         self._update_annotation_colors()
+        self._sync_project_classes()
 
     def _on_class_item_changed(self, item: QListWidgetItem):
         self.rename_class(self.class_list.row(item), item.text())
@@ -929,6 +965,129 @@ class AnnotatorWidget(QWidget):
         col = QColorDialog.getColor(QColor(*self.classes[i].color), self, f"Colour of {self.classes[i].name}")
         if col.isValid():
             self.recolor_class(i, (col.red(), col.green(), col.blue()))
+
+    # ============================================================================================ project
+    def _open_project_dialog(self):
+        folder = QFileDialog.getExistingDirectory(self, "Annotation project folder")
+        if folder:
+            self.open_project(folder)
+
+    def _new_project_dialog(self):
+        images = QFileDialog.getExistingDirectory(self, "Folder of images to annotate")
+        if not images:
+            return
+        folder = QFileDialog.getExistingDirectory(self, "Where to keep the project (an empty folder)")
+        if folder:
+            self.new_project(folder, images)
+
+    def open_project(self, folder) -> bool:
+        from ..data.project import Project
+
+        try:
+            project = Project.open(folder)
+        except (OSError, ValueError) as exc:
+            self.project_label.setText(f"<span style='color:#e55'>{exc}</span>")
+            return False
+        self.set_project(project)
+        return True
+
+    def new_project(self, folder, images) -> bool:
+        from ..data.project import Project
+
+        try:
+            project = Project.create(folder, images, classes=[c.name for c in self.classes],
+                                     colors=[c.color for c in self.classes])
+        except (OSError, ValueError) as exc:
+            self.project_label.setText(f"<span style='color:#e55'>{exc}</span>")
+            return False
+        self.set_project(project)
+        return True
+
+    def set_project(self, project) -> None:
+        """Annotate a Project: its classes, its current image; every change is saved (off the GUI thread)."""
+        self.flush_autosave()
+        self.project = project
+        self._classes = [ClassSpec(n, tuple(int(v) for v in c)) for n, c in zip(project.classes, project.colors)]
+        if self.model is not None:
+            self.model.classes = list(self._classes)
+        self._rebuild_class_list()
+        self.go_to_image(project.cursor)
+
+    def go_to_image(self, i: int) -> None:
+        p = self.project
+        if p is None or not len(p):
+            return
+        i = int(np.clip(i, 0, len(p) - 1))
+        self.flush_autosave()
+        try:
+            img = p.image(i)
+            id_map, classes, _order = p.get_annotation(i)
+        except (OSError, ValueError) as exc:
+            self.project_label.setText(f"<span style='color:#e55'>{exc}</span>")
+            return
+        p.go_to(i)
+        self.project_index = i
+        name = "project image"
+        layer = next((l for l in self._image_layers() if l.name == name), None)
+        if layer is None:
+            layer = self.viewer.add_image(img, name=name, rgb=True)
+        else:
+            layer.data = img
+            layer.reset_contrast_limits()
+        self.set_image_layer(layer, key_base=("project", str(p.folder), i))
+        self.annotations.data[...] = id_map
+        self.model = AnnotationModel(self.annotations.data, self._classes,
+                                     {int(k): int(v) for k, v in classes.items() if int(v) >= 0})
+        self.selected_id = 0
+        self.annotations.refresh()
+        self._update_annotation_colors()
+        self._update_objects_label()
+        self._update_project_label()
+        self.viewer.reset_view()
+        if i + 1 < len(p):  # the next image's embedding, computed ahead (lenient: never delays a click)
+            key, session, nxt = (("project", str(p.folder), i + 1), (), ()), self.session, i + 1
+            self.worker.submit("prefetch", lambda: session.prefetch(key, lambda: p.image(nxt)), strict=False)
+
+    def _update_project_label(self):
+        p = self.project
+        if p is None:
+            return
+        self.project_label.setText(f"{p.folder.name}: image {self.project_index + 1}/{len(p)} "
+                                   f"({p.names[self.project_index]}) - {p.progress_text()}")
+        self.prev_btn.setEnabled(self.project_index > 0)
+        self.next_btn.setEnabled(self.project_index < len(p) - 1)
+
+    def _autosave(self):
+        p, i = self.project, self.project_index
+        if p is None or self.model is None or i < 0 or self.annotations is None:
+            return
+        snapshot = np.array(self.annotations.data, copy=True)
+        object_class = dict(self.model.object_class)
+
+        def save():
+            ids = np.unique(snapshot)
+            p.set_annotation(i, snapshot, {int(k): object_class.get(int(k), -1) for k in ids if k})
+
+        self.saver.submit("save", save, on_done=lambda _: self._update_project_label(),
+                          on_error=lambda exc: self.project_label.setText(
+                              f"<span style='color:#e55'>autosave failed: {exc}</span>"))
+
+    def flush_autosave(self, timeout: float = 10.0) -> None:
+        """Wait (processing events) until pending project writes are done: before switching images or closing."""
+        from qtpy.QtWidgets import QApplication
+
+        t_end = time.perf_counter() + timeout
+        while self.saver.is_busy() and time.perf_counter() < t_end:
+            QApplication.processEvents()
+            time.sleep(0.002)
+
+    def _sync_project_classes(self):
+        if self.project is None:
+            return
+        try:
+            self.project.set_classes([c.name for c in self.classes], [c.color for c in self.classes])
+        except ValueError as exc:
+            self.status_label.setText(str(exc))
 
     # ============================================================================================ keys
     def _bind_keys(self):
@@ -967,7 +1126,9 @@ class AnnotatorWidget(QWidget):
         if self._closed:
             return
         self._closed = True
+        self.flush_autosave()
         self.worker.close()
+        self.saver.close()
         for k in self._bound_keys:
             try:
                 self.viewer.bind_key(k, None)
@@ -992,7 +1153,8 @@ class AnnotatorWidget(QWidget):
 
     @property
     def timing(self) -> dict[str, float]:
-        """Last measured seconds: embed, predict (worker), click_to_preview / hover_to_preview (GUI)."""
+        """Last measured seconds: embed and predict (on the worker), preview_update (writing the mask into the
+        preview layer + its refresh, GUI thread), click_to_preview / hover_to_preview (request -> preview shown)."""
         return dict(self._timing)
 
 

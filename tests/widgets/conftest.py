@@ -135,3 +135,37 @@ def annotator(make_napari_viewer, qtbot):
     yield make
     for w in made:
         w.cleanup()
+
+
+class OraclePredictor(FakePredictor):
+    """Answers from reference instance masks (a sample's ``*_instances.png``): the object under the last positive
+    click, or the object covering most of a box. Used for screenshots when no trained weights are installed."""
+
+    def __init__(self, instances: np.ndarray):
+        super().__init__()
+        self.instances = np.asarray(instances)
+
+    def predict(self, points=None, labels=None, box=None, mask_input=None, multimask=None):
+        self.calls.append(dict(points=points, labels=labels, box=box))
+        inst = self.instances
+        oid = 0
+        if points is not None:
+            pts = np.asarray(points, float).reshape(-1, 2)
+            lab = np.ones(len(pts), int) if labels is None else np.asarray(labels).reshape(-1)
+            pos = pts[lab == 1]
+            if len(pos):
+                x, y = np.round(pos[-1]).astype(int)
+                oid = int(inst[y, x])
+        if not oid and box is not None:
+            x0, y0, x1, y1 = np.round(box).astype(int)
+            ids, counts = np.unique(inst[y0:y1 + 1, x0:x1 + 1], return_counts=True)
+            keep = ids > 0
+            oid = int(ids[keep][np.argmax(counts[keep])]) if keep.any() else 0
+        m = (inst == oid) if oid else np.zeros(inst.shape, bool)
+        return FakePrediction(m[None], np.array([0.97], np.float32),
+                              np.zeros((1, self.lowres_size, self.lowres_size), np.float32), 1.0)
+
+
+@pytest.fixture(name="OraclePredictor")
+def oracle_predictor_cls():
+    return OraclePredictor

@@ -355,19 +355,25 @@ def test_escape_drops_in_flight_prediction(annotator, qtbot, FakePredictor):
 def test_gui_thread_not_blocked_by_slow_embedding(qtbot, make_napari_viewer, FakePredictor):
     import time
 
+    from qtpy.QtCore import QTimer
+
     from napari_ultratinysam.widgets.annotator import AnnotatorWidget
 
     viewer = make_napari_viewer()
-    p = FakePredictor(embed_delay=0.5)
+    p = FakePredictor(embed_delay=1.0)
     w = AnnotatorWidget(viewer, predictor=p)
     try:
-        t0 = time.perf_counter()
         viewer.add_image(np.zeros((32, 32), np.uint8))
-        qtbot.waitUntil(lambda: w.busy_bar.isVisibleTo(w), timeout=2000)
-        assert time.perf_counter() - t0 < 0.4  # returned while the embedding still runs
+        qtbot.waitUntil(lambda: w.busy_bar.isVisibleTo(w), timeout=3000)
         assert "computing" in w.status_label.text()
+        # the event loop keeps running while the embedding is computed on the worker
+        fired = []
+        t0 = time.perf_counter()
+        QTimer.singleShot(0, lambda: fired.append(time.perf_counter() - t0))
+        qtbot.waitUntil(lambda: bool(fired), timeout=3000)
+        assert fired[0] < 0.3 and w.busy_bar.isVisibleTo(w) and not p.set_image_calls
         qtbot.waitUntil(lambda: not w.busy_bar.isVisibleTo(w), timeout=5000)
-        assert "ready" in w.status_label.text()
+        assert "ready" in w.status_label.text() and p.set_image_calls
     finally:
         w.cleanup()
 
@@ -389,22 +395,25 @@ def test_stack_slice_by_slice(annotator, qtbot):
     stack = np.zeros((3, 40, 50), np.uint8)
     viewer, w = annotator(image=stack)
     assert w.annotations.data.shape == (3, 40, 50) and w.prompts.ndim == 3
-    click(qtbot, w, (0, 20, 25))
+    assert w._plane == (1,)  # napari opens a stack at its middle slice
+    click(qtbot, w, (1, 20, 25))
     w.commit()
     with qtbot.waitSignal(w.embedding_ready, timeout=5000):
         viewer.dims.set_current_step(0, 2)
     assert w._plane == (2,)
     click(qtbot, w, (2, 10, 10))
-    assert w.preview.data[2, 10, 10] == 1 and w.preview.data[0].sum() == 0
+    assert w.preview.data[2, 10, 10] == 1 and w.preview.data[1].sum() == 0
+    assert w.prompts.data[:, 0].tolist() == [2]  # the prompts of slice 1 were cleared
     w.class_list.setCurrentRow(CAR)
     w.commit()
     ann = w.annotations.data
-    assert ann[0, 20, 25] == 1 and ann[2, 10, 10] == 2 and ann[1].sum() == 0
+    assert ann[1, 20, 25] == 1 and ann[2, 10, 10] == 2 and ann[0].sum() == 0
     keys = w.session.predictor.set_image_calls
-    assert len({k[1] for k in keys}) == 2  # one embedding per slice, keyed by slice
+    assert {k[1] for k in keys} == {(1,), (2,)}  # one embedding per slice, keyed by slice
+    assert w.session.predictor._image.shape == (40, 50)
     with qtbot.waitSignal(w.embedding_ready, timeout=5000):
-        viewer.dims.set_current_step(0, 0)
-    assert w.session.predictor.set_image_calls[-1][1] == (0,)
+        viewer.dims.set_current_step(0, 1)
+    assert w.session.predictor.set_image_calls[-1][1] == (1,) and "cached" in w.status_label.text()
 
 
 def test_zoom_refine_flag_reaches_predictor(annotator, qtbot):
@@ -469,3 +478,47 @@ def test_removed_layers_are_recreated(annotator, qtbot):
     assert w.preview is not None and "preview" in [l.name for l in viewer.layers]
     click(qtbot, w, (30, 40))
     assert w.preview.data[30, 40] == 1
+
+
+def test_project_autosave_navigation_and_prefetch(make_napari_viewer, qtbot, tmp_path, FakePredictor):
+    from PIL import Image
+
+    from napari_ultratinysam.data.project import Project
+    from napari_ultratinysam.widgets.annotator import AnnotatorWidget
+
+    imgs = tmp_path / "images"
+    imgs.mkdir()
+    for k, shape in enumerate([(64, 80), (50, 70)]):
+        Image.fromarray(np.full((*shape, 3), 40 * (k + 1), np.uint8)).save(imgs / f"im{k}.png")
+    viewer = make_napari_viewer()
+    p = FakePredictor()
+    w = AnnotatorWidget(viewer, predictor=p)
+    try:
+        with qtbot.waitSignal(w.embedding_ready, timeout=5000):
+            assert w.new_project(tmp_path / "proj", imgs)
+        assert w.project_index == 0 and w.annotations.data.shape == (64, 80)
+        assert "image 1/2" in w.project_label.text() and "0 / 2 annotated" in w.project_label.text()
+        qtbot.waitUntil(lambda: p.has_image((("project", str(tmp_path / "proj"), 1), (), ())), timeout=5000)
+        w.class_list.setCurrentRow(CAR)
+        click(qtbot, w, (30, 40))
+        assert w.commit() == 1
+        w.flush_autosave()
+        ids, classes, _ = Project.open(tmp_path / "proj").get_annotation(0)
+        assert classes == {1: CAR} and (ids == 1).sum() == disc((64, 80), 30, 40, 10).sum()
+        assert "1 / 2 annotated" in w.project_label.text()
+        w.undo()
+        w.flush_autosave()
+        assert Project.open(tmp_path / "proj").get_annotation(0)[1] == {}
+        w.redo()
+        with qtbot.waitSignal(w.embedding_ready, timeout=5000):
+            w.go_to_image(1)
+        assert w.annotations.data.shape == (50, 70) and w.annotations.data.sum() == 0
+        assert "cached" in w.status_label.text()  # computed ahead while image 1 was being annotated
+        with qtbot.waitSignal(w.embedding_ready, timeout=5000):
+            w.go_to_image(0)
+        assert (w.annotations.data == 1).sum() > 0 and w.model.object_class == {1: CAR}
+        w.add_class("Dog")
+        assert Project.open(tmp_path / "proj").classes[-1] == "Dog"
+        assert Project.open(tmp_path / "proj").cursor == 0
+    finally:
+        w.cleanup()

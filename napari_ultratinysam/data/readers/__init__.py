@@ -25,6 +25,16 @@ def _module(fmt: str):
     return importlib.import_module(f"{__name__}.{fmt}")
 
 
+def _detect(fmt: str, path: Path) -> bool:
+    if fmt == "shards":  # without importing the shard writer (and torch)
+        index = path / "index.json"
+        if not (path.is_dir() and index.is_file()):
+            return False
+        with open(index, encoding="utf-8", errors="replace") as f:
+            return "napari-ultratinysam/shards" in f.read(512)
+    return _module(fmt).detect(path)
+
+
 def _canonical(fmt: str) -> str:
     f = ALIASES.get(fmt.lower(), fmt.lower())
     if f not in FORMATS:
@@ -41,7 +51,7 @@ def detect_format(path: str | Path) -> str:
     if p.is_dir() and not any(c for c in p.iterdir() if not c.name.startswith(".")):
         raise ValueError(f"{p}: empty folder")
     for fmt in FORMATS:
-        if _module(fmt).detect(p):
+        if _detect(fmt, p):
             return fmt
     raise ValueError(f"{p}: cannot detect the dataset format; pass format= one of {', '.join(FORMATS)}")
 

@@ -9,7 +9,6 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from ...transforms import to_rgb_uint8
 from ..types import AnnotatedImage
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -94,7 +93,9 @@ def read_rgb(path: Path) -> np.ndarray:
         arr = np.asarray(im.convert("RGB"))
     elif im.mode in ("P", "PA", "LA", "RGBA", "CMYK", "YCbCr", "1"):
         arr = np.asarray(im.convert("RGB"))
-    else:
+    else:  # 16-bit / float grayscale: scaled by the one shared converter
+        from ...transforms import to_rgb_uint8
+
         arr = to_rgb_uint8(np.asarray(im), name=str(path))
     return np.ascontiguousarray(arr)
 
@@ -204,16 +205,24 @@ def components(label: np.ndarray, values: Sequence[int], min_area: int = 0, conn
 
     Components with fewer than ``min_area`` pixels are dropped. connectivity 1 = 4-neighbours, 2 = 8.
     """
-    structure = ndimage.generate_binary_structure(2, connectivity)
+    from skimage.measure import label as label_regions
+
+    work = np.full(label.shape[:2], -1, dtype=np.int32)
+    wanted = np.isin(label, np.asarray(list(values), dtype=np.int64))
+    work[wanted] = label[wanted]
+    comp = label_regions(work, background=-1, connectivity=connectivity)  # one pass: same value = connected
+    n = int(comp.max())
+    areas = np.bincount(comp.ravel(), minlength=n + 1)
+    value_of = np.zeros(n + 1, dtype=np.int64)
+    value_of[comp.ravel()] = work.ravel()
+    boxes = ndimage.find_objects(comp)
     masks, vals = [], []
-    for v in values:
-        comp, n = ndimage.label(label == v, structure=structure)
-        if n == 0:
-            continue
-        areas = np.bincount(comp.ravel(), minlength=n + 1)
-        for cid in np.flatnonzero(areas[1:] >= max(min_area, 1)) + 1:
-            masks.append(comp == cid)
-            vals.append(int(v))
+    for cid in np.flatnonzero(areas[1:] >= max(min_area, 1)) + 1:
+        m = np.zeros(label.shape[:2], dtype=bool)
+        box = boxes[cid - 1]
+        m[box] = comp[box] == cid  # work in the bounding box only
+        masks.append(m)
+        vals.append(int(value_of[cid]))
     return stack_masks(masks, label.shape[:2]), np.asarray(vals, dtype=np.int64)
 
 

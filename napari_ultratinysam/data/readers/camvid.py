@@ -76,7 +76,7 @@ def load_pair(img_path: Path, lab_path: Path, num_classes: int, void_index: int,
     if label.ndim != 2:
         raise ValueError(f"{lab_path}: expected a single-channel class-index PNG, got shape {label.shape}")
     check_size(image, label, img_path, lab_path)
-    values = np.unique(label)
+    values = np.flatnonzero(np.bincount(label.ravel()))
     bad = [int(v) for v in values if v >= num_classes and v != void_index]
     if bad:
         raise ValueError(f"{lab_path}: unknown class value {bad[0]} (classes 0..{num_classes - 1}, void {void_index})")

@@ -1,0 +1,275 @@
+"""Fine-tune panel: pick an exported dataset and a starting checkpoint, train in a background process with live
+progress (loss curve) and cancel, then switch the annotator to the new weights in one click.
+
+The work is done by :func:`napari_ultratinysam.training.loop.train` in a separate *process* (spawn), so neither
+the GUI thread nor the Python interpreter of napari is busy; progress comes back through a queue polled by a
+QTimer. Everything but the widget is plain Python (FinetuneJob, finetune_config), testable without Qt.
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import queue
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from ..training.config import DatasetSpec, TrainConfig, load_train_config
+
+
+def finetune_config(dataset: str | Path, checkpoint: str | Path | None, steps: int = 300, device: str = "cpu",
+                    out_dir: str | Path | None = None, batch_size: int = 4, threads: int = 1) -> TrainConfig:
+    """The model/configs/finetune.yaml preset pointed at one CamVid-style export (train split; val split for
+    validation when the export has one)."""
+    dataset = Path(dataset)
+    if not (dataset / "dataset.json").is_file() and not (dataset / "train.txt").is_file():
+        raise ValueError(f"dataset {dataset}: not a CamVid-style export (no dataset.json or train.txt); "
+                         "export one with the Export panel or utsam export-dataset")
+    if checkpoint is not None and not Path(checkpoint).is_file():
+        raise FileNotFoundError(f"checkpoint {checkpoint} does not exist")
+    cfg = load_train_config("finetune")
+    has_val = (dataset / "val.txt").is_file() and (dataset / "val.txt").read_text().strip() != ""
+    out = Path(out_dir) if out_dir else dataset.parent / f"{dataset.name}_finetune"
+    return replace(
+        cfg,
+        init_checkpoint=str(checkpoint) if checkpoint else None,
+        datasets=[DatasetSpec(path=str(dataset), split="train")],
+        val_datasets=[DatasetSpec(path=str(dataset), split="val")] if has_val else [],
+        steps=int(steps), device=device, out_dir=str(out), cache_dir=str(out / "cache"),
+        batch_size=int(batch_size), threads=int(threads), val_every=max(10, int(steps) // 5),
+        ckpt_every=max(10, int(steps) // 5), log_every=1, resume=False,
+    )
+
+
+def _worker(cfg: TrainConfig, q, stop_event) -> None:  # runs in the child process
+    import traceback
+
+    from ..training.loop import train
+
+    try:
+        summary = train(cfg, progress_callback=lambda d: q.put(("progress", dict(d))),
+                        should_stop=stop_event.is_set, log=lambda s: q.put(("log", str(s))))
+        q.put(("done", summary))
+    except BaseException as e:  # report everything; the parent shows it
+        q.put(("error", f"{type(e).__name__}: {e}", traceback.format_exc()))
+
+
+class FinetuneJob:
+    """A training run in a spawned process; ``poll()`` returns the messages that arrived since the last call."""
+
+    def __init__(self, cfg: TrainConfig):
+        ctx = mp.get_context("spawn")
+        self.cfg = cfg
+        self.queue = ctx.Queue()
+        self.stop_event = ctx.Event()
+        self.process = ctx.Process(target=_worker, args=(cfg, self.queue, self.stop_event), daemon=True)
+        self.history: list[dict] = []
+        self.summary: dict | None = None
+        self.error: str | None = None
+
+    def start(self) -> "FinetuneJob":
+        self.process.start()
+        return self
+
+    def cancel(self) -> None:
+        """Ask the run to stop after its current step (it writes a checkpoint first)."""
+        self.stop_event.set()
+
+    def poll(self) -> list[tuple]:
+        msgs = []
+        while True:
+            try:
+                msg = self.queue.get_nowait()
+            except queue.Empty:
+                break
+            msgs.append(msg)
+            if msg[0] == "progress":
+                self.history.append(msg[1])
+            elif msg[0] == "done":
+                self.summary = msg[1]
+            elif msg[0] == "error":
+                self.error = msg[1]
+        if not msgs and not self.process.is_alive() and self.summary is None and self.error is None:
+            code = self.process.exitcode
+            if code not in (None, 0):
+                self.error = f"training process exited with code {code}"
+        return msgs
+
+    @property
+    def finished(self) -> bool:
+        return self.summary is not None or self.error is not None
+
+    def best_checkpoint(self) -> Path | None:
+        out = Path(self.cfg.out_dir)
+        for name in ("best.safetensors", "last.safetensors"):
+            if (out / name).is_file():
+                return out / name
+        return None
+
+
+def switch_annotator_to(viewer: Any, checkpoint: str | Path) -> bool:
+    """Load ``checkpoint`` in every docked UltraTinySAM annotator of ``viewer``; True if one was found."""
+    from .annotator import AnnotatorWidget
+
+    found = False
+    for w in dict(getattr(viewer.window, "dock_widgets", {})).values():
+        w = getattr(w, "native", w)
+        if isinstance(w, AnnotatorWidget):
+            i = w.source_combo.findData("checkpoint")
+            w.source_combo.setCurrentIndex(i)
+            w.path_edit.setText(str(checkpoint))
+            w.load_model()
+            found = True
+    return found
+
+
+try:  # the widget needs Qt; the functions above do not
+    from qtpy.QtCore import QTimer
+    from qtpy.QtWidgets import (QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QLineEdit, QProgressBar,
+                                QPushButton, QSpinBox, QVBoxLayout, QWidget)
+except Exception:  # pragma: no cover
+    QWidget = object  # type: ignore
+
+
+class FinetunePanel(QWidget):
+    """Dock widget: dataset + checkpoint + steps + device -> background fine-tuning with a live loss curve."""
+
+    def __init__(self, napari_viewer: Any = None):
+        super().__init__()
+        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+        from matplotlib.figure import Figure
+
+        self.viewer = napari_viewer
+        self.job: FinetuneJob | None = None
+        lay = QVBoxLayout(self)
+        form = QFormLayout()
+        self.dataset_edit = QLineEdit()
+        self.dataset_edit.setPlaceholderText("folder of a CamVid-style export (dataset.json, train/, trainannot/...)")
+        form.addRow("dataset", self._with_browse(self.dataset_edit, folder=True))
+        self.ckpt_edit = QLineEdit()
+        self.ckpt_edit.setPlaceholderText("empty: the shipped default weights")
+        form.addRow("start from", self._with_browse(self.ckpt_edit, folder=False))
+        self.steps_spin = QSpinBox()
+        self.steps_spin.setRange(10, 100000)
+        self.steps_spin.setValue(300)
+        form.addRow("steps", self.steps_spin)
+        self.device_combo = QComboBox()
+        self.device_combo.addItems(["cpu", "cuda", "auto"])
+        form.addRow("device", self.device_combo)
+        lay.addLayout(form)
+        row = QHBoxLayout()
+        self.start_btn = QPushButton("Start fine-tuning")
+        self.start_btn.clicked.connect(self.start)
+        self.cancel_btn = QPushButton("Cancel")
+        self.cancel_btn.setEnabled(False)
+        self.cancel_btn.clicked.connect(self.cancel)
+        self.use_btn = QPushButton("Use in annotator")
+        self.use_btn.setEnabled(False)
+        self.use_btn.clicked.connect(self.use_in_annotator)
+        for b in (self.start_btn, self.cancel_btn, self.use_btn):
+            row.addWidget(b)
+        lay.addLayout(row)
+        self.progress = QProgressBar()
+        lay.addWidget(self.progress)
+        self.status = QLabel("idle")
+        self.status.setWordWrap(True)
+        lay.addWidget(self.status)
+        self.figure = Figure(figsize=(3.5, 2.2), tight_layout=True)
+        self.canvas = FigureCanvasQTAgg(self.figure)
+        self.ax = self.figure.add_subplot(111)
+        lay.addWidget(self.canvas)
+        self.timer = QTimer(self)
+        self.timer.setInterval(300)
+        self.timer.timeout.connect(self.poll)
+
+    def _with_browse(self, edit, folder: bool):
+        w = QWidget()
+        h = QHBoxLayout(w)
+        h.setContentsMargins(0, 0, 0, 0)
+        h.addWidget(edit)
+        b = QPushButton("...")
+        b.setMaximumWidth(30)
+
+        def browse():
+            path = (QFileDialog.getExistingDirectory(self, "Dataset folder") if folder else
+                    QFileDialog.getOpenFileName(self, "Checkpoint", "", "Checkpoints (*.safetensors)")[0])
+            if path:
+                edit.setText(path)
+
+        b.clicked.connect(browse)
+        h.addWidget(b)
+        return w
+
+    def start(self) -> bool:
+        from ..checkpoints import DEFAULT_CHECKPOINT
+
+        try:
+            cfg = finetune_config(self.dataset_edit.text().strip(), self.ckpt_edit.text().strip() or DEFAULT_CHECKPOINT,
+                                  steps=self.steps_spin.value(), device=self.device_combo.currentText())
+        except (ValueError, FileNotFoundError) as e:
+            self.status.setText(f"<span style='color:#e55'>{e}</span>")
+            return False
+        self.job = FinetuneJob(cfg).start()
+        self.progress.setRange(0, cfg.steps)
+        self.progress.setValue(0)
+        self.status.setText(f"training in a background process -> {cfg.out_dir}")
+        self.start_btn.setEnabled(False)
+        self.cancel_btn.setEnabled(True)
+        self.use_btn.setEnabled(False)
+        self.timer.start()
+        return True
+
+    def cancel(self) -> None:
+        if self.job is not None:
+            self.job.cancel()
+            self.status.setText("cancelling after the current step ...")
+
+    def poll(self) -> None:
+        job = self.job
+        if job is None:
+            return
+        msgs = job.poll()
+        if any(m[0] == "progress" for m in msgs):
+            last = job.history[-1]
+            step = int(last.get("step", 0))
+            self.progress.setValue(min(step, self.progress.maximum()))
+            bits = [f"step {step}"] + [f"{k} {last[k]:.4g}" for k in ("loss", "val_loss", "val_miou1")
+                                       if isinstance(last.get(k), (int, float))]
+            self.status.setText(", ".join(bits))
+            self._plot()
+        if job.finished:
+            self.timer.stop()
+            self.start_btn.setEnabled(True)
+            self.cancel_btn.setEnabled(False)
+            if job.error:
+                self.status.setText(f"<span style='color:#e55'>training failed: {job.error}</span>")
+            else:
+                ck = job.best_checkpoint()
+                self.use_btn.setEnabled(ck is not None)
+                self.status.setText(f"done: {ck}")
+
+    def _plot(self) -> None:
+        h = self.job.history if self.job else []
+        self.ax.clear()
+        tr = [(d["step"], d["loss"]) for d in h if "loss" in d and "step" in d]
+        va = [(d["step"], d["val_loss"]) for d in h if "val_loss" in d and "step" in d]
+        if tr:
+            self.ax.plot(*zip(*tr), label="train loss", lw=1)
+        if va:
+            self.ax.plot(*zip(*va), "o-", label="val loss", ms=3)
+        self.ax.set_xlabel("step")
+        self.ax.legend(fontsize=7)
+        self.canvas.draw_idle()
+
+    def use_in_annotator(self) -> bool:
+        ck = self.job.best_checkpoint() if self.job else None
+        if ck is None or self.viewer is None:
+            return False
+        ok = switch_annotator_to(self.viewer, ck)
+        self.status.setText(f"annotator now uses {ck}" if ok else "open the Annotator first (Plugins > UltraTinySAM)")
+        return ok
+
+    def closeEvent(self, event):  # noqa: N802 (Qt)
+        if self.job is not None and not self.job.finished:
+            self.job.cancel()
+        self.timer.stop()
+        super().closeEvent(event)

@@ -1,0 +1,173 @@
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from napari_ultratinysam.checkpoints import load_model, read_checkpoint
+from napari_ultratinysam.training.config import DatasetSpec, TrainConfig, load_train_config
+from napari_ultratinysam.training.data import augment, holdout_key, load_cached, select_names
+from napari_ultratinysam.training.config import AugConfig, LossConfig
+from napari_ultratinysam.training.losses import sam_loss
+from napari_ultratinysam.training.loop import lr_at, train
+
+from .conftest import tiny_overrides
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _cfg(data, out, **kw) -> TrainConfig:
+    return load_train_config(None, tiny_overrides(data, out, **kw))
+
+
+def test_short_run_lowers_val_loss_and_raises_miou(synthetic_dir, tmp_path):
+    cfg = _cfg(synthetic_dir, tmp_path / "run", steps=40)
+    s = train(cfg, log=lambda *_: None)
+    first, last = s["first_val"], s["last_val"]
+    assert s["steps"] == 40
+    assert last["val_loss"] < 0.8 * first["val_loss"], (first, last)
+    assert last["val_miou1"] > first["val_miou1"] + 0.1, (first, last)
+    rows = list(csv.DictReader(open(tmp_path / "run" / "train_log.csv")))
+    assert rows and {"step", "loss", "miou_first", "lr", "samples_per_s"} <= set(rows[0])
+    assert (tmp_path / "run" / "best.safetensors").is_file()
+    load_model(tmp_path / "run" / "last.safetensors")
+
+
+def test_resume_matches_uninterrupted_run(synthetic_dir, tmp_path):
+    full = train(_cfg(synthetic_dir, tmp_path / "full", steps=6, ckpt_every=3), log=lambda *_: None)
+    part = _cfg(synthetic_dir, tmp_path / "part", steps=6, ckpt_every=3)
+    calls = {"n": 0}
+
+    def stop_after_3():
+        calls["n"] += 1
+        return calls["n"] > 3
+
+    first = train(part, should_stop=stop_after_3, log=lambda *_: None)
+    assert first["steps"] == 3 and first["stopped_by"] == "stopped"
+    msgs = []
+    second = train(part, log=msgs.append)
+    assert second["steps"] == 6 and any("resumed" in m and "step 3" in m for m in msgs)
+    a = load_model(tmp_path / "full" / "last.safetensors").state_dict()
+    b = load_model(tmp_path / "part" / "last.safetensors").state_dict()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
+    assert full["last_val"]["val_loss"] == pytest.approx(second["last_val"]["val_loss"], rel=1e-4)
+
+
+def test_checkpoint_write_is_atomic(synthetic_dir, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    train(_cfg(synthetic_dir, out, steps=2), log=lambda *_: None)
+    before = (out / "last.safetensors").read_bytes()
+    import safetensors.torch
+
+    def broken_save(sd, path, metadata=None):
+        Path(path).write_bytes(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", broken_save)
+    with pytest.raises(OSError):
+        train(_cfg(synthetic_dir, out, steps=3), log=lambda *_: None)
+    assert (out / "last.safetensors").read_bytes() == before
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary left behind
+    cfg, _, extra = read_checkpoint(out / "last.safetensors")
+    assert extra["step"] == 2
+
+
+def test_config_overrides_and_errors(tmp_path):
+    cfg = load_train_config(REPO / "model/configs/train_scratch.yaml",
+                            ["lr=1e-3", "prompts.p_box=0.25", "data.copy_paste_p=0", "steps=7",
+                             "datasets=[{path: /x, split: train, weight: 2}]", "init_checkpoint=null"])
+    assert cfg.lr == 1e-3 and cfg.prompts.p_box == 0.25 and cfg.data.copy_paste_p == 0 and cfg.steps == 7
+    assert cfg.datasets == [DatasetSpec(path="/x", split="train", weight=2.0)]
+    assert load_train_config("finetune").init_checkpoint == "model/ultratinysam.safetensors"
+    with pytest.raises(ValueError, match="prompts.p_bx"):
+        load_train_config(None, ["prompts.p_bx=1"])
+    with pytest.raises(ValueError, match="steps"):
+        load_train_config(None, ["steps=many"])
+    r = subprocess.run([sys.executable, "-m", "napari_ultratinysam.cli", "train", "-c",
+                        str(REPO / "model/configs/finetune.yaml"), "batch_size=3", "--print-config"],
+                       capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr
+    assert '"batch_size": 3' in r.stdout
+    r = subprocess.run([sys.executable, "-m", "napari_ultratinysam.cli", "train", "-c",
+                        str(REPO / "model/configs/finetune.yaml"), "nosuchkey=3"], capture_output=True, text=True)
+    assert r.returncode == 2 and "nosuchkey" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_test_split_refused_and_holdout_deterministic(synthetic_dir, tmp_path):
+    with pytest.raises(ValueError, match="test split"):
+        load_cached(DatasetSpec(path=str(synthetic_dir), format="folder", split="test"), tmp_path)
+    names = [f"img{i}" for i in range(200)]
+    rest = select_names(names, DatasetSpec(holdout=0.2, take="rest"))
+    held = select_names(names, DatasetSpec(holdout=0.2, take="holdout"))
+    assert not set(rest) & set(held) and len(rest) + len(held) == 200 and 20 < len(held) < 60
+    assert held == [i for i, n in enumerate(names) if holdout_key(n) < 0.2]
+
+
+def test_augment_keeps_letterbox_layout():
+    rng = np.random.default_rng(0)
+    img = np.zeros((128, 128, 3), np.uint8)
+    img[:96] = 200
+    masks = np.zeros((2, 128, 128), bool)
+    masks[0, 10:40, 10:40] = True
+    masks[1, 50:90, 60:120] = True
+    donor = (img.copy(), masks.copy(), (96, 128))
+    a = AugConfig(copy_paste_p=1.0)
+    for _ in range(20):
+        out, m, (h, w) = augment(img, masks, (96, 128), a, rng, donor)
+        assert out.shape == (128, 128, 3) and m.shape[1:] == (128, 128)
+        assert not out[h:].any() and not out[:, w:].any()          # padding stays zero (bottom/right)
+        assert not m[:, h:].any() and not m[:, :, w:].any()
+        assert len(m) >= 2
+
+
+def test_losses_multimask_min_and_padding_excluded():
+    gt = torch.zeros(1, 128, 128, dtype=torch.bool)
+    gt[0, 32:96, 32:96] = True
+    valid = torch.zeros(1, 128, 128, dtype=torch.bool)
+    valid[0, :, :100] = True
+    good = torch.where(gt[:, None], 20.0, -20.0)[:, :, ::4, ::4]
+    bad = -good
+    logits = torch.cat([bad, bad, good, bad], 1)
+    iou = torch.tensor([[0.0, 0.0, 1.0, 0.0]])
+    out = sam_loss(logits, iou, torch.tensor([[10.0]]), gt, valid, LossConfig(), multimask=True)
+    assert out["focal"] < 1e-3 and out["dice"] < 0.05 and int(out["chosen"][0]) == 2
+    assert float(out["chosen_iou"][0]) > 0.9
+    # garbage in the padding area costs nothing
+    logits2 = logits.clone()
+    logits2[..., 26:] = 50.0
+    out2 = sam_loss(logits2, iou, torch.tensor([[10.0]]), gt, valid, LossConfig(), multimask=True)
+    assert abs(float(out2["total"]) - float(out["total"])) < 0.05
+    single = sam_loss(logits, iou, None, gt, valid, LossConfig(), multimask=False)
+    assert single["dice"] > 0.9  # token 0 is the bad mask
+
+
+def test_lr_schedule():
+    cfg = TrainConfig(lr=1.0, min_lr_ratio=0.1, warmup_steps=10)
+    assert lr_at(0.0, 0, cfg) == pytest.approx(0.1)
+    assert lr_at(0.0, 10, cfg) == pytest.approx(1.0)
+    assert lr_at(0.5, 50, cfg) == pytest.approx(0.55)
+    assert lr_at(1.0, 100, cfg) == pytest.approx(0.1)
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_matches_single(synthetic_dir, tmp_path):
+    """DDP over gloo with 2 CPU processes x 2 images == 1 process x 4 images, within noise."""
+    single = train(_cfg(synthetic_dir, tmp_path / "single", steps=20, batch_size=4), log=lambda *_: None)
+    ov = tiny_overrides(synthetic_dir, tmp_path / "ddp", steps=20, batch_size=2)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
+                        "-m", "napari_ultratinysam.cli", "train", "-c", str(REPO / "model/configs/finetune.yaml"),
+                        "init_checkpoint=null", *ov], capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    vals = list(csv.DictReader(open(tmp_path / "ddp" / "val_log.csv")))
+    assert [int(v["step"]) for v in vals] == [0, 20]
+    assert float(vals[0]["val_loss"]) == pytest.approx(single["first_val"]["val_loss"], rel=1e-5)
+    d_single = single["first_val"]["val_loss"] - single["last_val"]["val_loss"]
+    d_ddp = float(vals[0]["val_loss"]) - float(vals[1]["val_loss"])
+    assert d_ddp > 0 and d_single > 0
+    assert abs(float(vals[1]["val_loss"]) - single["last_val"]["val_loss"]) < 0.35 * d_single

@@ -1,0 +1,125 @@
+"""Rendering under Xvfb (pytest-xvfb; never QT_QPA_PLATFORM=offscreen, which renders a black canvas).
+
+Always checks that the canvas is not blank. With UTSAM_SCREENSHOTS=1 it also writes
+docs/images/annotator_docked.png and docs/images/annotator_multi_object.png. The masks come from the shipped
+default weights when model/ultratinysam.safetensors exists, else from the sample's reference masks (an oracle
+behind the Predictor interface), so the pictures show the tool's real layers, colours and widget either way.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from napari_ultratinysam.widgets.samples import load_sample
+
+ROOT = Path(__file__).resolve().parents[2]
+SAVE = os.environ.get("UTSAM_SCREENSHOTS") == "1"
+
+
+def _save(img: np.ndarray, name: str):
+    if SAVE:
+        from PIL import Image
+
+        out = ROOT / "docs" / "images" / name
+        out.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.asarray(img)[..., :3]).save(out)
+
+
+def _predictor(instances, OraclePredictor):
+    from napari_ultratinysam.checkpoints import DEFAULT_CHECKPOINT
+
+    if DEFAULT_CHECKPOINT.is_file():
+        from napari_ultratinysam.predictor import Predictor
+
+        return Predictor.from_default()
+    return OraclePredictor(instances)
+
+
+def _not_blank(shot: np.ndarray):
+    rgb = np.asarray(shot)[..., :3].reshape(-1, 3)
+    assert len(np.unique(rgb[::97], axis=0)) > 1 and rgb.std() > 5
+
+
+def _press(widget, rc, button=1):
+    from napari.utils._proxies import ReadOnlyWrapper
+    from napari.utils.interactions import mouse_press_callbacks, mouse_release_callbacks
+
+    class Ev:
+        def __init__(self, t):
+            self.type, self.position, self.button, self.modifiers = t, tuple(rc), button, ()
+            self.pos, self.is_dragging, self.handled = np.zeros(2), False, False
+
+    mouse_press_callbacks(widget.prompts, ReadOnlyWrapper(Ev("mouse_press"), exceptions=("handled",)))
+    mouse_release_callbacks(widget.prompts, ReadOnlyWrapper(Ev("mouse_release"), exceptions=("handled",)))
+
+
+def _viewer(make_napari_viewer):
+    viewer = make_napari_viewer(show=True)
+    viewer.window._qt_window.resize(1500, 1200)
+    return viewer
+
+
+def test_screenshot_docked(make_napari_viewer, qtbot, OraclePredictor):
+    from napari_ultratinysam.widgets.annotator import AnnotatorWidget
+
+    viewer = _viewer(make_napari_viewer)
+    (img, _, _), (inst, _, _) = load_sample("coins")
+    w = AnnotatorWidget(viewer, predictor=_predictor(inst, OraclePredictor))
+    viewer.window.add_dock_widget(w, name="UltraTinySAM annotator", area="right")
+    try:
+        with qtbot.waitSignal(w.embedding_ready, timeout=60000):
+            viewer.add_image(img, name="coins")
+        ys, xs = np.nonzero(inst == 10)
+        with qtbot.waitSignal(w.preview_updated, timeout=30000):
+            _press(w, (int(ys.mean()), int(xs.mean())))
+        ys2, xs2 = np.nonzero(inst == 3)
+        with qtbot.waitSignal(w.preview_updated, timeout=30000):
+            _press(w, (int(ys2.mean()), int(xs2.mean())), button=2)  # a negative point elsewhere
+        viewer.reset_view()
+        qtbot.wait(300)
+        shot = viewer.screenshot(canvas_only=False)
+        _not_blank(shot)
+        canvas = viewer.screenshot(canvas_only=True)
+        _not_blank(canvas)
+        _save(shot, "annotator_docked.png")
+    finally:
+        w.cleanup()
+
+
+def test_screenshot_multi_object(make_napari_viewer, qtbot, OraclePredictor):
+    from napari_ultratinysam.widgets.annotation_state import CAMVID_CLASSES
+    from napari_ultratinysam.widgets.annotator import AnnotatorWidget
+
+    names = [c.name for c in CAMVID_CLASSES]
+    viewer = _viewer(make_napari_viewer)
+    (img, _, _), (inst, _, _) = load_sample("shapes")
+    w = AnnotatorWidget(viewer, predictor=_predictor(inst, OraclePredictor))
+    viewer.window.add_dock_widget(w, name="UltraTinySAM annotator", area="right")
+    try:
+        with qtbot.waitSignal(w.embedding_ready, timeout=60000):
+            viewer.add_image(img, name="shapes", rgb=True)
+        w.hover_check.setChecked(False)
+        plan = {1: "Car", 2: "Building", 3: "Pedestrian", 4: "SignSymbol"}
+        for oid, cls in plan.items():
+            ys, xs = np.nonzero(inst == oid)
+            k = np.argmin((ys - ys.mean()) ** 2 + (xs - xs.mean()) ** 2)
+            w.class_list.setCurrentRow(names.index(cls))
+            with qtbot.waitSignal(w.preview_updated, timeout=30000):
+                _press(w, (ys[k], xs[k]))
+            assert w.commit() is not None
+        assert sorted(w.model.object_class.values()) == sorted(names.index(c) for c in plan.values())
+        assert len(np.unique(w.annotations.data)) == 5
+        viewer.layers["annotations"].opacity = 0.6
+        viewer.reset_view()
+        qtbot.wait(300)
+        shot = viewer.screenshot(canvas_only=False)
+        _not_blank(shot)
+        canvas = np.asarray(viewer.screenshot(canvas_only=True))[..., :3]
+        # the class colours are on the canvas (blended with the image, so look for the hue, not exact values)
+        assert len(np.unique(canvas.reshape(-1, 3)[::13], axis=0)) > 20
+        _save(shot, "annotator_multi_object.png")
+    finally:
+        w.cleanup()
