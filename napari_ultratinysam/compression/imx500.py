@@ -18,11 +18,14 @@ import contextlib
 import json
 import logging
 import os
+import queue
 import re
+import signal
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -290,27 +293,46 @@ def run_converter(onnx_path: str | Path, out_dir: str | Path, progress: Progress
     try:
         with open(log_path, "w", encoding="utf-8") as logf:
             logf.write("$ " + " ".join(cmd) + "\n")
+            # own process group: a timeout or a cancel (an exception from ``progress``) ends the Java child too
             proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                                    errors="replace", bufsize=1)
-            try:
+                                    errors="replace", bufsize=1, start_new_session=True)
+            lines_q: queue.Queue = queue.Queue()
+
+            def pump():
                 assert proc.stdout is not None
-                for line in proc.stdout:
-                    lines.append(line)
-                    logf.write(line)
-                    logf.flush()
-                    msg = _clean(line)
-                    if msg:
-                        el = time.perf_counter() - t0
+                for ln in proc.stdout:
+                    lines_q.put(ln)
+                lines_q.put(None)
+
+            reader = threading.Thread(target=pump, name="imxconv-log", daemon=True)
+            reader.start()
+            last_msg, last_beat = "", 0.0
+            try:
+                while True:
+                    try:
+                        line = lines_q.get(timeout=1.0)
+                    except queue.Empty:
+                        line = ""
+                    if line is None:
+                        break
+                    el = time.perf_counter() - t0
+                    if line:
+                        lines.append(line)
+                        logf.write(line)
+                        logf.flush()
+                        last_msg = _clean(line) or last_msg
+                    if line or el - last_beat >= 5.0:  # a heartbeat while the Java stages are silent
+                        last_beat = el
                         # the converter has no progress measure: creep towards hi, never reach it
                         frac = lo + (hi - lo) * (1 - 1 / (1 + el / 120.0))
-                        _report(progress, f"{CONVERTER} [{el:4.0f} s] {msg[:160]}", frac)
-                    if timeout is not None and time.perf_counter() - t0 > timeout:
-                        proc.kill()
+                        _report(progress, f"{CONVERTER} [{el:4.0f} s] {last_msg[:160]}", frac)
+                    if timeout is not None and el > timeout:
                         raise IMX500Error(f"{CONVERTER} did not finish within {timeout:.0f} s (log: {log_path})")
                 rc = proc.wait()
+                reader.join(timeout=5)
             except BaseException:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
                 raise
         seconds = time.perf_counter() - t0

@@ -50,7 +50,8 @@ class LossConfig:
     dice: float = 1.0
     iou: float = 1.0
     obj: float = 1.0
-    focal_alpha: float = 0.25
+    focal_alpha: float = -1.0             # < 0: no class weighting. SAM2's 0.25 collapsed short CPU runs to
+                                           # empty masks (MODEL_CARD.md); set 0.25 for the original recipe
     focal_gamma: float = 2.0
 
 

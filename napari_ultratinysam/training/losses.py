@@ -1,5 +1,8 @@
 """SAM2-style losses at the model resolution: focal x20 + dice x1 + IoU-prediction MSE x1 + object-score BCE x1.
 
+Focal: gamma 2; alpha (positive-class weight) 0.25 in SAM2, configurable (``loss.focal_alpha``, < 0 = unweighted,
+our default: with alpha 0.25 short runs collapsed to all-background masks).
+
 Logits (B, M, S/4, S/4) are bilinearly upsampled to (S, S); the padding area of the letterboxed input is excluded
 from every pixel average. For a single click (M = 3 candidates) only the candidate with the lowest
 ``focal_w * focal + dice_w * dice`` gets the mask losses (multimask min-loss); the IoU head is supervised on all

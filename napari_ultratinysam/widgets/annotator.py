@@ -94,7 +94,9 @@ class AnnotatorWidget(QWidget):
     def __init__(self, napari_viewer: "napari.viewer.Viewer", predictor: Any = None,
                  loader: Callable[[PredictorSpec], Any] = load_predictor):
         super().__init__()
-        self.viewer = napari_viewer
+        # napari hands plugin widgets a public-only proxy; layer identity checks (`layer is self.prompts`) need
+        # the objects themselves, so work on the viewer behind it
+        self.viewer = getattr(napari_viewer, "__wrapped__", napari_viewer)
         self.session = PredictorSession(predictor, loader=loader)
         self.session.zoom_refine = True
         self.worker = LatestRequestWorker(parent=self)
@@ -271,6 +273,8 @@ class AnnotatorWidget(QWidget):
         self.next_btn.clicked.connect(lambda: self.go_to_image(self.project_index + 1))
         for b in (self.open_project_btn, self.new_project_btn, self.prev_btn, self.next_btn):
             row.addWidget(b)
+        self.prev_btn.setEnabled(False)
+        self.next_btn.setEnabled(False)
         v.addLayout(row)
         self.project_label = QLabel("no project: annotations live in the 'annotations' layer only")
         self.project_label.setWordWrap(True)

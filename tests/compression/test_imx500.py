@@ -130,6 +130,12 @@ FAKE = textwrap.dedent("""\
         p("ERROR: CODE: [FEFSUC] Failure in conversion process:")
         p("ERROR : sdspconv exited with error code: 1, uni files can be found in /tmp/tmpX")
         sys.exit(1)
+    if mode == "hang":  # a silent Java stage that never ends, with a child process like the real one
+        import subprocess, time
+        child = subprocess.Popen(["sleep", "120"])
+        open(os.environ["FAKE_CHILD_PID"], "w").write(str(child.pid))
+        p("INFO : CODE: [START] Starting SDSPconv")
+        time.sleep(120)
     report("5.91MB", True)
     zipfile.ZipFile(os.path.join(out, "packerOut.zip"), "w").writestr("x", "y")
     open(os.path.join(out, "dnnParams.xml"), "w").write("<x/>")
@@ -225,3 +231,40 @@ def test_real_converter_rejects_pixel_shuffle(tmp_path):
     onnx = export_quantized_onnx(qm, tmp_path / "ps.onnx", samples)
     with pytest.raises(ConversionRejectedError, match="DepthToSpace"):
         run_converter(onnx, tmp_path / "out", timeout=600)
+
+
+def _gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return True
+    return "State:\tZ" in state
+
+
+def test_timeout_and_cancel_end_the_whole_converter(fake_converter, monkeypatch, tmp_path):
+    import time
+
+    monkeypatch.setenv("FAKE_IMXCONV", "hang")
+    pid_file = tmp_path / "child.pid"
+    monkeypatch.setenv("FAKE_CHILD_PID", str(pid_file))
+    beats = []
+    t = time.perf_counter()
+    with pytest.raises(imx500.IMX500Error, match="did not finish within 3 s"):
+        run_converter(fake_converter, tmp_path / "out", timeout=3, progress=lambda m, f=None: beats.append(m))
+    assert time.perf_counter() - t < 30
+    time.sleep(0.5)
+    assert _gone(int(pid_file.read_text())), "the converter's child process survived the timeout"
+
+    class Stop(Exception):
+        pass
+
+    def cancel(m, f=None):
+        if "SDSPconv" in m:
+            raise Stop()
+
+    pid_file.unlink()
+    with pytest.raises(Stop):
+        run_converter(fake_converter, tmp_path / "out2", progress=cancel)
+    time.sleep(0.5)
+    assert _gone(int(pid_file.read_text()))
+    assert not list((tmp_path / "out2").glob(".imxconv-*"))

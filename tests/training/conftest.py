@@ -41,7 +41,7 @@ def tiny_overrides(data: Path, out: Path, **kw) -> list[str]:
     base = {
         "model": "tiny_test", "threads": 1, "batch_size": 4, "objects_per_image": 2, "lr": 2e-3,
         "warmup_steps": 5, "log_every": 2, "val_every": 0, "ckpt_every": 0, "val_images": 0,
-        "prompts.correction_rounds": 1, "data.copy_paste_p": 0.2, "out_dir": str(out),
+        "prompts.correction_rounds": 1, "data.copy_paste_p": 0.2, "resume": "true", "out_dir": str(out),
         "cache_dir": str(out.parent / "cache"),
         "datasets": f"[{{path: {data}, format: folder, split: train}}]",
         "val_datasets": f"[{{path: {data}, format: folder, split: val}}]",

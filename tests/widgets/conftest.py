@@ -41,6 +41,8 @@ class FakePredictor:
         self._image = None
         self._key = None
         self.lock = threading.Lock()
+        self.in_flight = 0
+        self.max_in_flight = 0
 
     def has_image(self, key) -> bool:
         return key in self._cache
@@ -57,11 +59,21 @@ class FakePredictor:
     def predict(self, points=None, labels=None, box=None, mask_input=None, multimask=None):
         self.threads.add(threading.current_thread().name)
         with self.lock:
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
             delay = self.delays.pop(0) if self.delays else 0.0
             self.calls.append(dict(points=None if points is None else np.array(points), labels=labels, box=box,
                                    mask_input=mask_input, multimask=multimask, key=self._key,
                                    zoom_refine=self.zoom_refine))
-        time.sleep(delay)
+        try:
+            time.sleep(delay)
+            return self._predict(pts_in=points, labels=labels, box=box, multimask=multimask)
+        finally:
+            with self.lock:
+                self.in_flight -= 1
+
+    def _predict(self, pts_in, labels, box, multimask):
+        points = pts_in
         h, w = self._image.shape[:2]
         yy, xx = np.mgrid[:h, :w]
         pts = np.zeros((0, 2)) if points is None else np.asarray(points, float).reshape(-1, 2)

@@ -318,7 +318,8 @@ def test_hover_is_throttled_to_one_in_flight(annotator, qtbot, FakePredictor):
     for i in range(20):
         hover(w.prompts, (10 + i, 10 + i))
     qtbot.waitUntil(lambda: w.preview.data[29, 29] == 1, timeout=5000)
-    assert len(slow.calls) == 2  # the first one, then only the newest position
+    # the first one, then (coalesced) the newest position; a third only if submitting took longer than the first
+    assert len(slow.calls) <= 3 and slow.max_in_flight == 1
     np.testing.assert_array_equal(slow.calls[-1]["points"], [[29, 29]])
 
 
