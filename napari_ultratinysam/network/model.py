@@ -17,7 +17,7 @@ from .trunks import build_trunk
 class ImageEncoder(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.trunk = build_trunk(cfg.trunk, cfg.trunk_pretrained)
+        self.trunk = build_trunk(cfg.trunk, cfg.trunk_pretrained, tuple(cfg.trunk_depths))
         self.neck = FpnNeck(tuple(self.trunk.out_channels), cfg.neck_dim, cfg.fpn_top_down)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:

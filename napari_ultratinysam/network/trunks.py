@@ -137,14 +137,16 @@ class MobileViTXS(nn.Module):
 
     out_channels = (48, 64, 80)
 
-    def __init__(self):
+    def __init__(self, depths: tuple[int, int] = (2, 4)):
+        """``depths``: transformer layers of the two MobileViT blocks; (2, 4) is MobileViT-XS (timm weights
+        load only then); smaller values give a cheaper network of the same blocks (tests, CI conversion)."""
         super().__init__()
         self.stem = ConvNormAct(3, 16, 3, stride=2)
         self.stages = nn.ModuleList([
             nn.Sequential(InvertedResidual(16, 32, 1)),
             nn.Sequential(InvertedResidual(32, 48, 2), InvertedResidual(48, 48, 1), InvertedResidual(48, 48, 1)),
-            nn.Sequential(InvertedResidual(48, 64, 2), MobileViTBlock(64, 96, 2)),
-            nn.Sequential(InvertedResidual(64, 80, 2), MobileViTBlock(80, 120, 4)),
+            nn.Sequential(InvertedResidual(48, 64, 2), MobileViTBlock(64, 96, depths[0])),
+            nn.Sequential(InvertedResidual(64, 80, 2), MobileViTBlock(80, 120, depths[1])),
         ])
 
     def set_attention_form(self, form: str) -> None:
@@ -270,12 +272,14 @@ class EfficientNetLite0(nn.Module):
         return outs
 
 
-def build_trunk(name: str, pretrained: bool = False) -> nn.Module:
+def build_trunk(name: str, pretrained: bool = False, depths: tuple[int, int] = (2, 4)) -> nn.Module:
     if name == "mobilevit_xs":
         if pretrained:
             raise ValueError("no offline MobileViT-XS weights exist: load timm weights with "
                              "load_timm_mobilevit_state_dict(model.image_encoder.trunk, timm_state_dict)")
-        return MobileViTXS()
+        if len(depths) != 2 or min(depths) < 1:
+            raise ValueError(f"trunk_depths must be two positive integers, got {list(depths)}")
+        return MobileViTXS(tuple(depths))
     if name == "efficientnet_lite0":
         return EfficientNetLite0(pretrained=pretrained)
     raise ValueError(f"unknown trunk {name!r}; choose mobilevit_xs or efficientnet_lite0")

@@ -1,7 +1,6 @@
 """Shared fixtures for the IMX500 compression tests: tiny preset model, skips when the [imx500] extra is absent."""
 from __future__ import annotations
 
-import shutil
 
 import pytest
 import torch

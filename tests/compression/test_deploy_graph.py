@@ -123,7 +123,7 @@ def test_float_onnx_keeps_to_the_converter_rules(tiny_model, tmp_path):
     MatMul with a constant weight (a Linear) sees a 4-D (or 2-D) input, no MatMul/Gemm with a constant first
     input, batch 1 as the first dim everywhere."""
     import onnx
-    from onnx import numpy_helper, shape_inference  # noqa: F401
+    from onnx import shape_inference
 
     g = DeployGraph(tiny_model)
     path = tmp_path / "g.onnx"

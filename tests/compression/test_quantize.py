@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_ultratinysam.compression.deploy_graph import DeployGraph, make_prompt
+from napari_ultratinysam.compression.deploy_graph import make_prompt
 from napari_ultratinysam.compression.quantize import (CalibrationSample, _prompt_target, load_calibration,
                                                       run_with_big_stack)
 
@@ -120,3 +120,28 @@ def test_prompt_target_picks_the_object_under_the_click():
     assert _prompt_target(s, make_prompt("points", points=[(5, 5)])).sum() == 400
     assert _prompt_target(s, make_prompt("points", points=[(120, 5)])) is None
     assert _prompt_target(s, make_prompt("box", box=(40, 40, 90, 90))).sum() == 2500
+
+
+@needs_mct
+def test_bounded_histograms_keep_memory_flat_and_counts_exact():
+    from model_compression_toolkit.core.common.collectors.histogram_collector import HistogramCollector
+
+    from napari_ultratinysam.compression.quantize import bounded_histograms
+
+    rng = np.random.default_rng(0)
+    xs = [rng.normal(i * 0.1, 1.0 + i * 0.05, size=5000) for i in range(11)]
+    plain = HistogramCollector()
+    with bounded_histograms(every=4):
+        bounded = HistogramCollector()
+        for x in xs:
+            bounded.update(x)
+            assert len(bounded._histogram_per_iteration) < 4
+    for x in xs:
+        plain.update(x)
+    assert HistogramCollector.update is not None and len(plain._histogram_per_iteration) == 11  # restored
+    bb, bc = bounded.get_histogram()
+    pb, pc = plain.get_histogram()
+    assert bc.sum() == pytest.approx(sum(x.size for x in xs))
+    assert bb[0] == pytest.approx(min(x.min() for x in xs)) and bb[-1] == pytest.approx(max(x.max() for x in xs))
+    # the merged distributions agree (a few per cent of mass moved between neighbouring bins at most)
+    assert np.abs(np.cumsum(bc) - np.cumsum(pc)).max() / pc.sum() < 0.01

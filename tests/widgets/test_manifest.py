@@ -7,7 +7,7 @@ def test_manifest_valid():
 
     pm = PluginManifest.from_distribution("napari-ultratinysam")
     assert pm.display_name == "UltraTinySAM"
-    assert [w.display_name for w in pm.contributions.widgets] == ["Annotator"]
+    assert [w.display_name for w in pm.contributions.widgets] == ["Annotator", "Fine-tune", "Export to IMX500"]
     assert {s.key for s in pm.contributions.sample_data} == {"coins", "shapes", "coffee", "chelsea"}
     assert pm.contributions.readers[0].command == "napari-ultratinysam.get_reader"
 
@@ -41,3 +41,15 @@ def test_widget_from_plugins_menu(make_napari_viewer, qtbot, FakePredictor):
         assert widget.preview is None
     finally:
         widget.cleanup()
+
+
+def test_finetune_and_export_panels_open_from_the_plugin_menu(make_napari_viewer):
+    from napari_ultratinysam.widgets.export_panel import ExportPanel
+    from napari_ultratinysam.widgets.finetune_panel import FinetunePanel
+
+    viewer = make_napari_viewer()
+    _d1, ft = viewer.window.add_plugin_dock_widget("napari-ultratinysam", "Fine-tune")
+    _d2, ex = viewer.window.add_plugin_dock_widget("napari-ultratinysam", "Export to IMX500")
+    assert isinstance(ft, FinetunePanel) and isinstance(ex, ExportPanel)
+    ft.dataset_edit.setText("/nonexistent/dataset")
+    assert ft.start() is False and "not a CamVid-style export" in ft.status.text()
