@@ -150,13 +150,29 @@ def prepare_image(image: np.ndarray, size: int = 128) -> tuple[np.ndarray, Geome
     return normalize(boxed).numpy(), geo
 
 
+def _bilinear_weights(n_out: int, start: int, scale: float, n_in: int) -> torch.Tensor:
+    """(n_out, n_in) bilinear weights sampling output pixel centres start..start+n_out-1 from an input grid of
+    n_in cells, where one output pixel is ``scale`` input cells (align_corners=False, border clamped)."""
+    u = (torch.arange(start, start + n_out, dtype=torch.float32) + 0.5) * scale - 0.5
+    u = u.clamp(0, n_in - 1)
+    i0 = u.floor().long().clamp(max=n_in - 1)
+    i1 = (i0 + 1).clamp(max=n_in - 1)
+    w1 = u - i0.float()
+    w = torch.zeros(n_out, n_in)
+    rows = torch.arange(n_out)
+    w.index_put_((rows, i0), 1 - w1, accumulate=True)
+    w.index_put_((rows, i1), w1, accumulate=True)
+    return w
+
+
 def logits_to_image(lowres: np.ndarray | torch.Tensor, geo: Geometry,
                     crop_box: tuple[int, int, int, int] | None = None) -> torch.Tensor:
     """(K, h, w) low-res logits over the padded model square -> (K, H, W) logits at image resolution.
 
     One bilinear sampling per output pixel: each image pixel centre is mapped to the low-res grid (the padding
-    is never sampled as valid area). With ``crop_box = (x0, y0, x1, y1)`` only that image region is produced, so
-    the work is proportional to the region, not the image.
+    is never sampled as valid area), computed as two small matrix products (separable bilinear weights). With
+    ``crop_box = (x0, y0, x1, y1)`` only that image region is produced, so the work is proportional to the
+    region, not the image.
     """
     t = torch.as_tensor(lowres, dtype=torch.float32)
     if t.ndim == 2:
@@ -164,9 +180,6 @@ def logits_to_image(lowres: np.ndarray | torch.Tensor, geo: Geometry,
     k, h, w = t.shape
     x0, y0, x1, y1 = crop_box if crop_box is not None else (0, 0, geo.orig_w, geo.orig_h)
     nh, nw = geo.new_hw
-    # image pixel centre -> model px -> normalised [-1, 1] over the low-res grid (align_corners=False)
-    ys = (torch.arange(y0, y1, dtype=torch.float32) + 0.5) * (nh / geo.orig_h) / geo.size * 2 - 1
-    xs = (torch.arange(x0, x1, dtype=torch.float32) + 0.5) * (nw / geo.orig_w) / geo.size * 2 - 1
-    gyy, gxx = torch.meshgrid(ys, xs, indexing="ij")
-    grid = torch.stack([gxx, gyy], dim=-1)[None].expand(k, -1, -1, -1)
-    return F.grid_sample(t[:, None], grid, mode="bilinear", padding_mode="border", align_corners=False)[:, 0]
+    wy = _bilinear_weights(y1 - y0, y0, (nh / geo.orig_h) * h / geo.size, h)
+    wx = _bilinear_weights(x1 - x0, x0, (nw / geo.orig_w) * w / geo.size, w)
+    return wy @ t @ wx.T
