@@ -87,9 +87,9 @@ class ExportRequest:
 def checkpoint_in_use(viewer) -> str | None:
     """The checkpoint the annotator dock widget has loaded, if there is one (best effort)."""
     try:
-        docks = getattr(viewer.window, "_dock_widgets", {}) or {}
-        for dock in list(docks.values()):
-            w = dock.widget() if hasattr(dock, "widget") else dock
+        docks = getattr(viewer.window, "dock_widgets", {}) or {}  # public: name -> inner widget
+        for w in list(docks.values()):
+            w = getattr(w, "native", w)
             spec_fn = getattr(w, "model_spec", None)
             if spec_fn is None:
                 continue
