@@ -7,6 +7,8 @@ import sys
 import time
 from pathlib import Path
 
+from ..commands import _parse_box  # one parser for X0,Y0,X1,Y1 in every subcommand
+
 PROMPTS = ("center-point", "points", "box")
 
 
@@ -19,16 +21,6 @@ def _parse_point(text: str) -> tuple:
     if len(vals) not in (2, 3) or (len(vals) == 3 and vals[2] not in (0.0, 1.0)):
         raise argparse.ArgumentTypeError(f"--points {text!r}: expected X,Y or X,Y,LABEL (LABEL 1 or 0)")
     return (vals[0], vals[1]) if len(vals) == 2 else (vals[0], vals[1], int(vals[2]))
-
-
-def _parse_box(text: str) -> tuple[float, float, float, float]:
-    try:
-        v = [float(t) for t in text.split(",")]
-    except ValueError:
-        v = []
-    if len(v) != 4:
-        raise argparse.ArgumentTypeError(f"--box {text!r}: expected X0,Y0,X1,Y1")
-    return tuple(v)
 
 
 def _prompt_kwargs(args) -> dict:
