@@ -51,11 +51,16 @@ class MinArea128:
 
     def __init__(self, ds, px=150):
         self.ds, self.px = ds, px
+        # images left without any object are skipped (evaluate_interactive cannot take an image with 0 objects)
+        self.idx = [i for i in range(len(ds)) if self._filtered(i).num_objects]
 
     def __len__(self):
-        return len(self.ds)
+        return len(self.idx)
 
     def __getitem__(self, i):
+        return self._filtered(self.idx[i])
+
+    def _filtered(self, i):
         from napari_ultratinysam.data.types import AnnotatedImage
 
         it = self.ds[i]

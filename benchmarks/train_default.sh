@@ -4,19 +4,22 @@
 #   2. the long run with the better one (by validation mIoU@1 on the held-out parts),
 #   3. fp16 copy of the best-on-validation checkpoint into model/.
 # Zero-shot evaluation for the model card: benchmarks/eval_default.sh.
-# Usage: benchmarks/train_default.sh [PROBE_MIN=3.5] [LONG_MIN=68] [THREADS=2]
+# Usage: [PROBE_MIN=3] [LONG_MIN=70] [THREADS=1] benchmarks/train_default.sh
+# (the shipped model: PROBE_MIN=3 LONG_MIN=70 THREADS=1 on a shared 2-core CPU; the schedule follows wall time, so
+#  a faster or less loaded machine does more steps). The probes pin the prompt/loss settings they were run with.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PROBE_MIN=${PROBE_MIN:-3.5}
-LONG_MIN=${LONG_MIN:-68}
-THREADS=${THREADS:-2}
+PROBE_MIN=${PROBE_MIN:-3}
+LONG_MIN=${LONG_MIN:-70}
+THREADS=${THREADS:-1}
 PY=${PY:-.venv/bin/python}
 export OMP_NUM_THREADS=$THREADS
 CFG=model/configs/train_scratch.yaml
 for preset in ultratinysam_effnet ultratinysam; do
   if [ ! -f runs/probe_$preset/done ]; then
     $PY -m napari_ultratinysam.cli train -c $CFG model=$preset threads=$THREADS steps=1000000 \
-        time_budget_min=$PROBE_MIN warmup_steps=30 val_every=0 ckpt_every=0 resume=false out_dir=runs/probe_$preset
+        time_budget_min=$PROBE_MIN warmup_steps=30 val_every=0 ckpt_every=0 resume=false out_dir=runs/probe_$preset \
+        prompts.correction_rounds=2 prompts.p_box=0.5 loss.focal_alpha=0.25
     touch runs/probe_$preset/done
   fi
 done
@@ -41,5 +44,6 @@ src = f"runs/default_{sys.argv[1]}/best.safetensors"
 _, _, extra = read_checkpoint(src)
 extra.update({"source": src, "recipe": "model/configs/train_scratch.yaml via benchmarks/train_default.sh"})
 save_checkpoint(load_model(src), "model/ultratinysam.safetensors", extra=extra, half=True)
+import os; os.chmod("model/ultratinysam.safetensors", 0o644)
 print("wrote model/ultratinysam.safetensors from", src, extra)
 PY

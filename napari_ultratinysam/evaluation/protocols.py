@@ -127,7 +127,7 @@ def evaluate_interactive(predictor: PredictorLike, dataset: Sequence[AnnotatedIm
         item = dataset[i]
         ignore = _ignore_of(item)
         valid = item.masks & ~ignore[None] if ignore is not None else item.masks
-        obj_area = valid.reshape(len(valid), -1).sum(axis=1)
+        obj_area = valid.sum(axis=(1, 2))
         todo = [j for j in range(item.num_objects) if obj_area[j] > 0 and obj_area[j] >= min_area]
         skipped += item.num_objects - len(todo)
         if max_objects is not None:

@@ -155,3 +155,19 @@ def test_paper_prompts_seeded_nested_and_inside():
     assert list(res.paper_map) == ["box"]
     with pytest.raises(ValueError, match="modes"):
         P.evaluate_paper(OraclePredictor([item]), [item], modes=("2clicks",), progress=False)
+
+
+def test_images_without_objects_are_skipped():
+    import numpy as np
+
+    from napari_ultratinysam.data.types import AnnotatedImage
+    from napari_ultratinysam.evaluation.protocols import evaluate_interactive
+
+    class Never:
+        def set_image(self, image):
+            raise AssertionError("no object: the image must not even be embedded")
+
+    empty = AnnotatedImage(image=np.zeros((10, 12, 3), np.uint8), masks=np.zeros((0, 10, 12), bool),
+                           class_ids=np.zeros(0))
+    res = evaluate_interactive(Never(), [empty], max_clicks=3, progress=False)
+    assert res.ious.shape == (0, 3)
