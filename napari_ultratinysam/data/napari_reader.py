@@ -12,6 +12,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .. import _gui_safety  # noqa: F401  (napari process: keep torch away from Triton)
+
 from .readers import Dataset, detect_format, read_dataset
 from .types import AnnotatedImage
 

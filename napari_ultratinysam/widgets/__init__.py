@@ -1,0 +1,2 @@
+"""napari widgets. Importing this package makes torch skip Triton (see napari_ultratinysam._gui_safety)."""
+from .. import _gui_safety  # noqa: F401
