@@ -45,3 +45,18 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 def atomic_write_json(path: str | os.PathLike, obj, indent: int = 2) -> None:
     atomic_write_text(path, json.dumps(obj, indent=indent, sort_keys=False) + "\n")
+
+
+def read_tagged_json(path: str | os.PathLike, field: str, tag: str, what: str,
+                     not_found_hint: str = "") -> dict:
+    """Read a JSON object whose ``field`` must equal ``tag``; one clear error naming ``path`` otherwise."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: {not_found_hint or 'file not found'}") from None
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: cannot parse JSON ({e})") from None
+    if not isinstance(data, dict) or data.get(field) != tag:
+        raise ValueError(f"{path}: not {what}")
+    return data

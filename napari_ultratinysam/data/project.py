@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from ..io_utils import atomic_path, atomic_write_json
+from ..io_utils import atomic_path, atomic_write_json, read_tagged_json
 from .readers._common import Color, default_colors, image_size, list_images, read_rgb
 from .readers.camvid import CAMVID_CLASSES, CAMVID_COLORS
 from .types import AnnotatedImage
@@ -110,15 +110,8 @@ class Project:
     def open(cls, folder: str | Path) -> "Project":
         """Open an existing project; annotations, classes and the current image are restored."""
         folder = Path(folder)
-        path = folder / PROJECT_JSON
-        try:
-            state = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise FileNotFoundError(f"{path}: not found (not an annotation project)") from None
-        except (OSError, ValueError) as e:
-            raise ValueError(f"{path}: cannot parse JSON ({e})") from None
-        if not isinstance(state, dict) or state.get("format") != PROJECT_FORMAT:
-            raise ValueError(f"{path}: not a napari-ultratinysam project file")
+        state = read_tagged_json(folder / PROJECT_JSON, "format", PROJECT_FORMAT, "a napari-ultratinysam project file",
+                                 "not found (not an annotation project)")
         project = cls(folder, state)
         project._scan()
         return project

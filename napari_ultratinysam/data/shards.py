@@ -14,7 +14,6 @@ bottom/right); masks under ``min_area`` pixels at that resolution are dropped, t
 from __future__ import annotations
 
 import io
-import json
 import time
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
@@ -24,7 +23,7 @@ from typing import Iterable
 import numpy as np
 from PIL import Image
 
-from ..io_utils import atomic_path, atomic_write_json
+from ..io_utils import atomic_path, atomic_write_json, read_tagged_json
 from ..transforms import letterbox, letterbox_masks
 from .export import staged_dir
 from .readers._common import Dataset
@@ -232,16 +231,8 @@ def _add_item(writer: _ShardWriter, item: AnnotatedImage, size: int, min_area: i
 
 
 def _load_index(root: Path) -> dict:
-    path = root / INDEX
-    try:
-        index = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: file not found (not a shards folder?)") from None
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{path}: cannot parse JSON ({e})") from None
-    if not isinstance(index, dict) or index.get("format") != SHARD_FORMAT:
-        raise ValueError(f"{path}: not a napari-ultratinysam shards index")
-    return index
+    return read_tagged_json(root / INDEX, "format", SHARD_FORMAT, "a napari-ultratinysam shards index",
+                            "file not found (not a shards folder?)")
 
 
 class ShardDataset(Dataset):

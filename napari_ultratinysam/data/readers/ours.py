@@ -6,13 +6,13 @@ Each instance's class is read from the annot map under its pixels (void there = 
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
 from ..types import AnnotatedImage
 from ._common import SPLITS, Dataset, check_size, read_label, read_rgb, resolve_splits
+from ...io_utils import read_tagged_json
 
 FORMAT_TAG = "napari-ultratinysam/camvid-instances"
 DATASET_JSON = "dataset.json"
@@ -29,14 +29,8 @@ def inst_dir(split: str) -> str:
 def load_meta(root: Path) -> dict:
     """Parse and check ``dataset.json`` of an export."""
     path = root / DATASET_JSON
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: file not found") from None
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{path}: cannot parse JSON ({e})") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT_TAG:
-        raise ValueError(f"{path}: not a napari-ultratinysam export (format tag {FORMAT_TAG!r} missing)")
+    meta = read_tagged_json(path, "format", FORMAT_TAG,
+                            f"a napari-ultratinysam export (format tag {FORMAT_TAG!r} missing)")
     for key in ("classes", "colors", "void_index", "images"):
         if key not in meta:
             raise ValueError(f"{path}: missing key {key!r}")
