@@ -14,6 +14,8 @@ from qtpy.QtCore import QObject, Qt, Signal
 from qtpy.QtWidgets import (QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QLineEdit, QProgressBar,
                             QPushButton, QSpinBox, QVBoxLayout, QWidget)
 
+from .qt_parts import with_browse_button
+
 PROMPT_MODES = ("center-point", "points", "box")
 
 
@@ -125,10 +127,10 @@ class ExportPanel(QWidget):
         form = QFormLayout()
         self.checkpoint_edit = QLineEdit(checkpoint_in_use(napari_viewer) or "" if napari_viewer else "")
         self.checkpoint_edit.setPlaceholderText("default: the shipped weights")
-        form.addRow("Checkpoint", self._with_browse(self.checkpoint_edit, self._browse_checkpoint))
+        form.addRow("Checkpoint", with_browse_button(self.checkpoint_edit, self._browse_checkpoint))
         self.calib_edit = QLineEdit()
         self.calib_edit.setPlaceholderText("default: the bundled sample data")
-        form.addRow("Calibration data", self._with_browse(self.calib_edit, self._browse_calibration))
+        form.addRow("Calibration data", with_browse_button(self.calib_edit, self._browse_calibration))
         self.images_spin = QSpinBox()
         self.images_spin.setRange(1, 100000)
         self.images_spin.setValue(128)
@@ -148,7 +150,7 @@ class ExportPanel(QWidget):
         self.qat_spin.setValue(200)
         form.addRow("QAT steps", self.qat_spin)
         self.out_edit = QLineEdit(str(Path.home() / "utsam_imx500"))
-        form.addRow("Output folder", self._with_browse(self.out_edit, self._browse_out))
+        form.addRow("Output folder", with_browse_button(self.out_edit, self._browse_out))
 
         self.export_btn = QPushButton("Export to IMX500")
         self.export_btn.clicked.connect(self.start)
@@ -177,17 +179,6 @@ class ExportPanel(QWidget):
         self._on_method_changed(self.method_combo.currentText())
 
     # ------------------------------------------------------------------------------------------------ form
-    def _with_browse(self, edit: QLineEdit, slot) -> QWidget:
-        w = QWidget()
-        h = QHBoxLayout(w)
-        h.setContentsMargins(0, 0, 0, 0)
-        h.addWidget(edit)
-        b = QPushButton("...")
-        b.setMaximumWidth(32)
-        b.clicked.connect(slot)
-        h.addWidget(b)
-        return w
-
     def _browse_checkpoint(self):
         path, _ = QFileDialog.getOpenFileName(self, "Checkpoint", "", "Checkpoints (*.safetensors)")
         if path:

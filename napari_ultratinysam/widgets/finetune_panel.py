@@ -126,6 +126,8 @@ try:  # the widget needs Qt; the functions above do not
     from qtpy.QtCore import QTimer
     from qtpy.QtWidgets import (QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QLineEdit, QProgressBar,
                                 QPushButton, QSpinBox, QVBoxLayout, QWidget)
+
+    from .qt_parts import with_browse_button
 except Exception:  # pragma: no cover
     QWidget = object  # type: ignore
 
@@ -182,22 +184,13 @@ class FinetunePanel(QWidget):
         self.timer.timeout.connect(self.poll)
 
     def _with_browse(self, edit, folder: bool):
-        w = QWidget()
-        h = QHBoxLayout(w)
-        h.setContentsMargins(0, 0, 0, 0)
-        h.addWidget(edit)
-        b = QPushButton("...")
-        b.setMaximumWidth(30)
-
         def browse():
             path = (QFileDialog.getExistingDirectory(self, "Dataset folder") if folder else
                     QFileDialog.getOpenFileName(self, "Checkpoint", "", "Checkpoints (*.safetensors)")[0])
             if path:
                 edit.setText(path)
 
-        b.clicked.connect(browse)
-        h.addWidget(b)
-        return w
+        return with_browse_button(edit, browse)
 
     def start(self) -> bool:
         from ..checkpoints import DEFAULT_CHECKPOINT
