@@ -2,7 +2,10 @@
 threads) and, in the same run, the peers a user would otherwise use (random weights: only speed is measured):
 SAM ViT-B (PyPI segment-anything) at 1024 and MobileSAM (PyPI mobilesam-mirror, TinyViT encoder) at 1024.
 
-    .venv/bin/python benchmarks/latency.py [--quick] [--no-peers]
+UltraTinySAM's onnxruntime rows come in float and int8 (napari_ultratinysam.runtime_quant; int8 at 1 thread), with
+a line on how well the int8 masks agree with the float ones on CamVid val (../shared/datasets/camvid).
+
+    .venv/bin/python benchmarks/latency.py [--quick] [--skip-peers] [--no-write]
 
 Prints a Markdown table and writes it into the `## Latency` section of BENCHMARKS.md.
 """
@@ -36,6 +39,8 @@ def ours(threads: int, n_enc: int, n_dec: int, rows: list, image_hw=(1024, 1024)
     folder = Path(tempfile.mkdtemp(prefix="utsam-bench-"))
     export_onnx(model, folder)
     backends = [TorchBackend(model, threads=threads), OnnxBackend(folder, threads=threads)]
+    if threads == 1:
+        backends.append(OnnxBackend(int8_folder(model), threads=threads))
     for be in backends:
         enc = timeit(lambda: be.encode(x), n_enc)
         feats = be.encode(x)
@@ -45,8 +50,56 @@ def ours(threads: int, n_enc: int, n_dec: int, rows: list, image_hw=(1024, 1024)
         pred = Predictor(be, zoom_refine=False)
         pred.set_image(img)
         click = timeit(lambda: pred.predict(points=[[512, 512]]), n_dec)
-        rows.append((f"UltraTinySAM 128 ({weights})", be.name, threads, *p50_p95(enc), *p50_p95(dec),
+        name = be.name if be.name == "torch" else f"{be.name} {be.precision}"
+        rows.append((f"UltraTinySAM 128 ({weights})", name, threads, *p50_p95(enc), *p50_p95(dec),
                      *p50_p95(click)))
+
+
+def int8_folder(model) -> Path:
+    """The cached int8 folder of the shipped weights (or of ``model`` when they are absent)."""
+    from napari_ultratinysam.checkpoints import DEFAULT_CHECKPOINT
+    from napari_ultratinysam.runtime_quant import int8_folder_for_checkpoint, int8_folder_for_model
+
+    if DEFAULT_CHECKPOINT.exists():
+        return int8_folder_for_checkpoint(DEFAULT_CHECKPOINT)
+    return int8_folder_for_model(model)
+
+
+def int8_agreement(max_images: int | None = None) -> str:
+    """Mean IoU between int8 and float masks (best-scored mask, default Predictor settings) for one click at
+    the interior point of each CamVid val object of >= 150 px at 128x128 (the paper's size filter)."""
+    import json
+
+    from napari_ultratinysam.checkpoints import DEFAULT_CHECKPOINT
+    from napari_ultratinysam.data.readers import read_dataset
+    from napari_ultratinysam.predictor import Predictor
+    from napari_ultratinysam.prompts import interior_point
+
+    root = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "camvid"
+    if not root.is_dir() or not DEFAULT_CHECKPOINT.exists():
+        return "- int8 vs float agreement: not measured (CamVid or the shipped weights are absent)"
+    q = int8_folder(None)
+    fp, qp = Predictor.from_default(backend="onnx"), Predictor.from_onnx(q)
+    ds = read_dataset(root, split="val", min_area=2110)  # 480x360 images: 2110 px = 150 px at 128x128
+    ious = []
+    for i in range(len(ds) if max_images is None else min(max_images, len(ds))):
+        d = ds[i]
+        fp.set_image(d.image)
+        qp.set_image(d.image)
+        for m in d.masks:
+            pt = [interior_point(m)]
+            a, b = fp.predict(points=pt).masks[0], qp.predict(points=pt).masks[0]
+            u = np.logical_or(a, b).sum()
+            ious.append(1.0 if u == 0 else np.logical_and(a, b).sum() / u)
+    ious = np.asarray(ious)
+    enc = json.loads((q / "config.json").read_text())["quantization"]["encoder"]
+    enc_txt = ("int8 encoder" if enc["int8"] else
+               f"float encoder: the static int8 encoder agreed only {enc['int8_mask_iou_vs_float']:.3f} mask IoU "
+               f"on the calibration clicks, below the {enc['min_iou']} gate")
+    return (f"- int8 vs float (onnxruntime, shipped weights; int8 decoder, {enc_txt}): mean mask IoU "
+            f"{ious.mean():.4f} (median {np.median(ious):.4f}, {np.mean(ious < 0.9) * 100:.1f} % of clicks below 0.9) "
+            f"over {len(ious)} CamVid val objects ({'first ' + str(max_images) + ' images' if max_images else 'all images'}"
+            f", >= 150 px at 128x128), one click at each object's interior point")
 
 
 def sam_family(name: str, threads: int, n_enc: int, n_dec: int, rows: list):
@@ -82,7 +135,8 @@ def sam_family(name: str, threads: int, n_enc: int, n_dec: int, rows: list):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer repetitions")
-    ap.add_argument("--no-peers", action="store_true", help="skip SAM ViT-B and MobileSAM")
+    ap.add_argument("--no-peers", "--skip-peers", dest="no_peers", action="store_true",
+                    help="skip SAM ViT-B and MobileSAM")
     ap.add_argument("--no-write", action="store_true", help="print only, do not update BENCHMARKS.md")
     args = ap.parse_args(argv)
     n_enc, n_dec = (20, 50) if args.quick else (100, 200)
@@ -107,9 +161,11 @@ def main(argv=None) -> int:
             ratio.append(f"- vs {peer}: encoder {pe / best_ours[3]:.0f}x faster ({best_ours[3]:.2f} ms vs {pe:.0f} ms), "
                          f"decoder per click {pd / best_dec[5]:.1f}x faster ({best_dec[5]:.2f} ms vs {pd:.1f} ms) "
                          f"(best configuration of each, same run)")
+    agreement = int8_agreement(20 if args.quick else None)
     body = "\n".join([f"`benchmarks/latency.py` on {machine_line()}. p50/p95 over {n_enc} encoder and {n_dec} decoder "
                       "runs for UltraTinySAM; peers fewer runs (their encoders take seconds). Image 1024x1024 RGB. "
-                      "The 2 cores are shared with other jobs: 2-thread figures are noisy.", "", *lines, "", *ratio])
+                      "The 2 cores are shared with other jobs: 2-thread figures are noisy.", "", *lines, "", *ratio,
+                      agreement])
     print(body)
     if not args.no_write:
         write_section("Latency", body)

@@ -35,18 +35,29 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--checkpoint", type=Path, help="a .safetensors checkpoint (default: the shipped weights)")
     g.add_argument("--onnx", type=Path, help="a folder with encoder.onnx + decoder.onnx (utsam export-onnx)")
-    p.add_argument("--backend", choices=["torch", "onnx"], default="torch", help="inference backend")
+    p.add_argument("--backend", choices=["torch", "onnx"], default=None,
+                   help="inference backend (default torch; onnx when --precision is int8 or auto)")
     p.add_argument("--threads", type=int, default=1, help="intra-op threads (default 1)")
+    p.add_argument("--precision", choices=["auto", "float", "int8"], default="float",
+                   help="onnx backend: int8 graphs (made once and cached), auto = int8 where the CPU has AVX2")
 
 
 def make_predictor(args, **kw):
     from .predictor import Predictor
 
+    precision = getattr(args, "precision", "float")
+    backend = args.backend or ("torch" if precision == "float" else "onnx")
     if getattr(args, "onnx", None):
+        if precision != "float":
+            raise ValueError("--precision does not apply to --onnx: the folder runs at the precision it was "
+                             "exported with (utsam export-onnx --precision int8)")
         return Predictor.from_onnx(args.onnx, threads=args.threads, **kw)
+    if backend == "torch" and precision != "float":
+        raise ValueError(f"--precision {precision} needs --backend onnx")
     if getattr(args, "checkpoint", None):
-        return Predictor.from_checkpoint(args.checkpoint, backend=args.backend, threads=args.threads, **kw)
-    return Predictor.from_default(backend=args.backend, threads=args.threads, **kw)
+        return Predictor.from_checkpoint(args.checkpoint, backend=backend, threads=args.threads,
+                                         precision=precision, **kw)
+    return Predictor.from_default(backend=backend, threads=args.threads, precision=precision, **kw)
 
 
 def read_image(path: Path) -> np.ndarray:
@@ -93,7 +104,7 @@ def cmd_segment(args) -> int:
     pts = np.array([p[:2] for p in args.point], np.float32) if args.point else None
     lab = np.array([p[2] for p in args.point], np.int64) if args.point else None
     r = pred.predict(points=pts, labels=lab, box=args.box, multimask=None)
-    mask = r.masks[0]
+    mask = r.mask(0)
     with atomic_path(args.output, suffix=args.output.suffix) as tmp:
         Image.fromarray((mask * 255).astype(np.uint8)).save(tmp, format="PNG")
     print(f"{args.output}: {int(mask.sum())} px ({100 * mask.mean():.1f} %), predicted IoU {r.scores[0]:.3f}")
@@ -104,8 +115,30 @@ def cmd_export_onnx(args) -> int:
     from .checkpoints import DEFAULT_CHECKPOINT, load_model
     from .runtime import export_onnx
 
+    calibration = None
+    if args.calibration is not None:
+        if args.precision != "int8":
+            raise ValueError("--calibration is only used with --precision int8")
+        from .runtime_quant import read_calibration_folder
+
+        calibration = read_calibration_folder(args.calibration)
     model = load_model(args.checkpoint or DEFAULT_CHECKPOINT)
-    out = export_onnx(model, args.output, opset=args.opset)
+    if args.precision == "int8":
+        import tempfile
+
+        from .runtime_quant import quantize_onnx_folder
+
+        with tempfile.TemporaryDirectory(prefix="utsam-export-") as td:
+            export_onnx(model, td, opset=args.opset)
+            out = quantize_onnx_folder(td, args.output, calibration=calibration)
+        import json
+
+        q = json.loads((out / "config.json").read_text())["quantization"]
+        enc = "int8" if q["encoder"]["int8"] else (f"float (int8 mask IoU {q['encoder']['int8_mask_iou_vs_float']:.3f}"
+                                                    f" < {q['encoder']['min_iou']})")
+        print(f"int8 export: decoder int8, encoder {enc}")
+    else:
+        out = export_onnx(model, args.output, opset=args.opset)
     print(f"wrote {out / 'encoder.onnx'}, {out / 'decoder.onnx'}, {out / 'config.json'}")
     return 0
 
@@ -130,4 +163,8 @@ def register(sub) -> None:
     p.add_argument("--checkpoint", type=Path, help="default: the shipped weights")
     p.add_argument("-o", "--output", type=Path, required=True, help="output folder")
     p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--precision", choices=["float", "int8"], default="float",
+                   help="int8: dynamic int8 decoder, static int8 encoder when it agrees with float")
+    p.add_argument("--calibration", type=Path, metavar="DIR",
+                   help="images for the int8 encoder's calibration (default: sample_data/ with flips and crops)")
     p.set_defaults(func=cmd_export_onnx)

@@ -15,20 +15,55 @@ import hashlib
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Hashable
+from typing import Callable, Hashable
 
 import numpy as np
+import torch
 
 from .transforms import Geometry, logits_to_image, prepare_image, to_rgb_uint8
 
 
-@dataclass
 class Prediction:
-    masks: np.ndarray          # (K, H, W) bool, best-scored first
-    scores: np.ndarray         # (K,) predicted IoU
-    lowres: np.ndarray         # (K, l, l) float32 logits over the padded model square (feed back as mask_input)
-    object_score: float        # object-score logit (> 0: an object is present)
-    zoomed: bool = False       # True when zoom-in refinement produced the masks
+    """The candidates of one prediction, best-scored first.
+
+    ``scores`` (K,) predicted IoU; ``lowres`` (K, l, l) float32 logits over the padded model square (feed one back
+    as ``mask_input``); ``object_score`` (> 0: an object is present); ``zoomed``: zoom-in refinement made the masks.
+    Full-resolution masks are made on demand: ``mask(i)`` upsamples candidate ``i`` only (inside its own region)
+    and keeps it; ``masks`` stacks all of them as (K, H, W) bool. A click that shows only the best mask pays for
+    one upsampling, not K.
+    """
+
+    def __init__(self, scores: np.ndarray, lowres: np.ndarray, object_score: float, *,
+                 masks: np.ndarray | None = None, render: Callable[[int], np.ndarray] | None = None,
+                 zoomed: bool = False):
+        if masks is None and render is None:
+            raise ValueError("Prediction needs masks or a render function")
+        self.scores = scores
+        self.lowres = lowres
+        self.object_score = float(object_score)
+        self.zoomed = zoomed
+        self._render = render
+        self._masks: dict[int, np.ndarray] = {}
+        if masks is not None:
+            self._masks = {i: m for i, m in enumerate(np.asarray(masks, dtype=bool))}
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+    def mask(self, i: int = 0) -> np.ndarray:
+        """Candidate ``i`` (0 = best) at image resolution, (H, W) bool."""
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"candidate {i} of {len(self)}")
+        i %= len(self)
+        m = self._masks.get(i)
+        if m is None:
+            m = self._masks[i] = self._render(i)
+        return m
+
+    @property
+    def masks(self) -> np.ndarray:
+        """(K, H, W) bool, best first."""
+        return np.stack([self.mask(i) for i in range(len(self))])
 
 
 @dataclass
@@ -70,33 +105,58 @@ class Predictor:
 
     # ------------------------------------------------------------------ factories
     @classmethod
-    def from_model(cls, model, backend: str = "torch", threads: int = 1, **kw) -> "Predictor":
+    def from_model(cls, model, backend: str = "torch", threads: int = 1, precision: str = "float",
+                   _int8_folder=None, **kw) -> "Predictor":
+        """``precision`` ("float", "int8", "auto"; onnx backend only): see runtime_quant.choose_precision. The int8
+        graphs are made once per model and cached; if that fails, a warning is logged and float is used."""
+        from .runtime_quant import choose_precision
+
+        if backend not in ("torch", "onnx"):
+            raise ValueError(f"backend must be 'torch' or 'onnx', got {backend!r}")
         if backend == "torch":
+            if precision != "float":
+                raise ValueError(f"precision {precision!r} needs backend='onnx' (the torch backend runs float only)")
             from .runtime import TorchBackend
 
             return cls(TorchBackend(model, threads=threads), **kw)
-        if backend == "onnx":
-            import tempfile
+        from .runtime import OnnxBackend, export_onnx
 
-            from .runtime import OnnxBackend, export_onnx
+        if choose_precision(precision) == "int8":
+            import logging
 
-            folder = Path(tempfile.mkdtemp(prefix="utsam-onnx-"))
-            export_onnx(model, folder)
-            return cls(OnnxBackend(folder, threads=threads), **kw)
-        raise ValueError(f"backend must be 'torch' or 'onnx', got {backend!r}")
+            from .runtime_quant import int8_folder_for_model
+
+            try:
+                folder = _int8_folder() if _int8_folder is not None else int8_folder_for_model(model)
+                return cls(OnnxBackend(folder, threads=threads), **kw)
+            except Exception as e:  # quantization is an optimisation: never fail a load because of it
+                logging.getLogger(__name__).warning("int8 quantization failed (%s); using float ONNX",
+                                                    str(e).splitlines()[0] if str(e) else type(e).__name__)
+        import tempfile
+
+        folder = Path(tempfile.mkdtemp(prefix="utsam-onnx-"))
+        export_onnx(model, folder)
+        return cls(OnnxBackend(folder, threads=threads), **kw)
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, backend: str = "torch", **kw) -> "Predictor":
+    def from_checkpoint(cls, path: str | Path, backend: str = "torch", precision: str = "float",
+                        **kw) -> "Predictor":
         from .checkpoints import load_model
 
-        return cls.from_model(load_model(path), backend=backend, **kw)
+        def int8_folder():  # cached by the checkpoint file's hash
+            from .runtime_quant import int8_folder_for_checkpoint
+
+            return int8_folder_for_checkpoint(path)
+
+        return cls.from_model(load_model(path), backend=backend, precision=precision, _int8_folder=int8_folder,
+                              **kw)
 
     @classmethod
-    def from_default(cls, backend: str = "torch", **kw) -> "Predictor":
+    def from_default(cls, backend: str = "torch", precision: str = "float", **kw) -> "Predictor":
         """The shipped default weights (model/ultratinysam.safetensors)."""
         from .checkpoints import DEFAULT_CHECKPOINT
 
-        return cls.from_checkpoint(DEFAULT_CHECKPOINT, backend=backend, **kw)
+        return cls.from_checkpoint(DEFAULT_CHECKPOINT, backend=backend, precision=precision, **kw)
 
     @classmethod
     def from_onnx(cls, folder: str | Path, threads: int = 1, **kw) -> "Predictor":
@@ -166,10 +226,12 @@ class Predictor:
         res = self._predict_entry(entry, pts, lab, bx, mask_input, multimask)
         zoom = self.zoom_refine if zoom_refine is None else zoom_refine
         h, w = self._image.shape[:2]
-        if zoom and max(h, w) > 2 * self.image_size and res.masks[0].any():
-            refined = self._zoom(res, pts, lab, bx, multimask)
-            if refined is not None:
-                return refined
+        if zoom and max(h, w) > 2 * self.image_size:
+            bbox = self._positive_bbox(res, entry.geo)
+            if bbox is not None:
+                refined = self._zoom(res, bbox, pts, lab, bx, multimask)
+                if refined is not None:
+                    return refined
         return res
 
     def _encode_prompt(self, geo: Geometry, pts, lab, bx):
@@ -180,8 +242,7 @@ class Predictor:
             labels.append(np.array([2, 3], np.float32))
         return np.concatenate(coords).astype(np.float32), np.concatenate(labels).astype(np.float32)
 
-    def _predict_entry(self, entry: _Entry, pts, lab, bx, mask_input, multimask: bool,
-                       out_hw: tuple[int, int] | None = None) -> Prediction:
+    def _predict_entry(self, entry: _Entry, pts, lab, bx, mask_input, multimask: bool) -> Prediction:
         geo = entry.geo
         coords, labels = self._encode_prompt(geo, pts, lab, bx)
         logits, iou, obj = self.backend.decode(entry.feats, coords, labels, mask_input)
@@ -191,38 +252,59 @@ class Predictor:
             logits, iou = logits[:1], iou[:1]
         order = np.argsort(-iou, kind="stable")
         logits, iou = np.ascontiguousarray(logits[order], dtype=np.float32), iou[order].astype(np.float32)
-        masks = self.upsample_masks(logits, geo)
-        if self.cfg.gate_by_object_score and obj <= 0:
-            masks[:] = False
-        return Prediction(masks=masks, scores=iou, lowres=logits, object_score=obj)
+        empty = self.cfg.gate_by_object_score and obj <= 0
+        threads = getattr(self.backend, "threads", 1) or 1
+
+        def render(i: int) -> np.ndarray:
+            if empty:
+                return np.zeros((geo.orig_h, geo.orig_w), dtype=bool)
+            if torch.get_num_threads() != threads:  # per thread: the GUI's worker thread starts at the default
+                torch.set_num_threads(threads)
+            return self.upsample_masks(logits[i:i + 1], geo)[0]
+
+        return Prediction(iou, logits, obj, render=render)
+
+    @staticmethod
+    def _lowres_bbox(pos: np.ndarray, geo: Geometry, margin: int = 1) -> tuple[int, int, int, int] | None:
+        """(x0, y0, x1, y1) image pixels covering the low-res cells in ``pos`` (l, l) bool, plus ``margin`` cells."""
+        if not pos.any():
+            return None
+        lh = pos.shape[-2]
+        ys, xs = np.nonzero(pos)
+        cell = geo.size / lh  # model px per low-res cell
+        nh, nw = geo.new_hw
+        sy, sx = geo.orig_h / nh, geo.orig_w / nw  # image px per model px
+        x0 = int(max(0, np.floor((xs.min() - margin) * cell * sx)))
+        y0 = int(max(0, np.floor((ys.min() - margin) * cell * sy)))
+        x1 = int(min(geo.orig_w, np.ceil((xs.max() + 1 + margin) * cell * sx)))
+        y1 = int(min(geo.orig_h, np.ceil((ys.max() + 1 + margin) * cell * sy)))
+        if x1 <= x0 or y1 <= y0:
+            return None
+        return x0, y0, x1, y1
+
+    def _positive_bbox(self, res: Prediction, geo: Geometry) -> tuple[int, int, int, int] | None:
+        """Image-pixel box of the best candidate's positive logits (no full-resolution mask needed)."""
+        if self.cfg.gate_by_object_score and res.object_score <= 0:
+            return None
+        return self._lowres_bbox(res.lowres[0] > 0, geo, margin=0)
 
     @staticmethod
     def upsample_masks(lowres: np.ndarray, geo: Geometry) -> np.ndarray:
         """(K, l, l) logits -> (K, H, W) bool, computed only inside the region where the logits are positive."""
-        k, lh, lw = lowres.shape
+        k = lowres.shape[0]
         out = np.zeros((k, geo.orig_h, geo.orig_w), dtype=bool)
-        pos = lowres > 0
-        if not pos.any():
+        box = Predictor._lowres_bbox((lowres > 0).any(axis=0), geo, margin=1)
+        if box is None:
             return out
-        ys, xs = np.nonzero(pos.any(axis=0))
-        cell = geo.size / lh  # model px per low-res cell
-        nh, nw = geo.new_hw
-        sy, sx = geo.orig_h / nh, geo.orig_w / nw  # image px per model px
-        x0 = int(max(0, np.floor((xs.min() - 1) * cell * sx)))
-        y0 = int(max(0, np.floor((ys.min() - 1) * cell * sy)))
-        x1 = int(min(geo.orig_w, np.ceil((xs.max() + 2) * cell * sx)))
-        y1 = int(min(geo.orig_h, np.ceil((ys.max() + 2) * cell * sy)))
-        if x1 <= x0 or y1 <= y0:
-            return out
-        region = logits_to_image(lowres, geo, (x0, y0, x1, y1)).numpy()
+        x0, y0, x1, y1 = box
+        region = logits_to_image(lowres, geo, box).numpy()
         out[:, y0:y1, x0:x1] = region > 0
         return out
 
-    def _zoom(self, first: Prediction, pts, lab, bx, multimask: bool) -> Prediction | None:
+    def _zoom(self, first: Prediction, bbox, pts, lab, bx, multimask: bool) -> Prediction | None:
         img = self._image
         h, w = img.shape[:2]
-        ys, xs = np.nonzero(first.masks[0])
-        x0, x1, y0, y1 = xs.min(), xs.max() + 1, ys.min(), ys.max() + 1
+        x0, y0, x1, y1 = bbox
         if len(pts):
             x0, x1 = min(x0, pts[:, 0].min()), max(x1, pts[:, 0].max() + 1)
             y0, y1 = min(y0, pts[:, 1].min()), max(y1, pts[:, 1].max() + 1)
@@ -243,8 +325,11 @@ class Predictor:
         off = np.array([cx0, cy0], np.float32)
         cb = None if bx is None else bx - np.concatenate([off, off])
         sub = self._predict_entry(entry, pts - off if len(pts) else pts, lab, cb, None, multimask)
-        masks = np.zeros((len(sub.masks), h, w), dtype=bool)
-        masks[:, cy0:cy1, cx0:cx1] = sub.masks
+
+        def render(i: int) -> np.ndarray:
+            m = np.zeros((h, w), dtype=bool)
+            m[cy0:cy1, cx0:cx1] = sub.mask(i)
+            return m
+
         # keep the full-view low-res logits for feeding back: they describe the whole image
-        return Prediction(masks=masks, scores=sub.scores, lowres=first.lowres, object_score=sub.object_score,
-                          zoomed=True)
+        return Prediction(sub.scores, first.lowres, sub.object_score, render=render, zoomed=True)

@@ -4,6 +4,8 @@
 * TorchBackend: the model in eager torch (1 intra-op thread by default on these small tensors).
 * OnnxBackend: ``encoder.onnx`` + ``decoder.onnx`` written by :func:`export_onnx`, run by onnxruntime with full
   graph optimisation, 1 thread, no busy-waiting.
+  A folder written by ``runtime_quant.quantize_onnx_folder`` (config.json ``"precision": "int8"``) loads the same
+  way; ``OnnxBackend.precision`` says which it is.
 """
 from __future__ import annotations
 
@@ -70,7 +72,8 @@ class OnnxBackend:
         try:
             meta = json.loads((folder / "config.json").read_text())
             self.cfg = from_dict(ModelConfig, meta["model"])
-        except (ValueError, KeyError, TypeError) as e:
+            self.precision = str(meta.get("precision", "float"))  # "int8" for runtime_quant folders
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise ValueError(f"ONNX model folder {folder}: config.json is not valid ({e})") from None
         self.folder = folder
         self.image_size = self.cfg.image_size

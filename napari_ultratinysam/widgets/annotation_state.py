@@ -90,6 +90,12 @@ class Prompt:
                 box = clip_box(box, image_hw)
         return cls(xy, lab, box)
 
+    def with_point(self, x: float, y: float, positive: bool = True) -> "Prompt":
+        """This prompt plus one point at image pixel (x, y)."""
+        pts = np.concatenate([np.asarray(self.points, np.float32).reshape(-1, 2), [[x, y]]]).astype(np.float32)
+        lab = np.concatenate([np.asarray(self.labels, np.int64).reshape(-1), [int(bool(positive))]])
+        return Prompt(pts, lab, self.box)
+
     def predictor_kwargs(self) -> dict:
         return {
             "points": self.points if len(self.points) else None,
@@ -99,35 +105,62 @@ class Prompt:
 
 
 class Candidates:
-    """The masks of one prediction, best-scored first, with a cursor for multimask cycling."""
+    """The masks of one prediction, best-scored first, with a cursor for multimask cycling.
 
-    def __init__(self, masks: np.ndarray, scores: np.ndarray, lowres: np.ndarray | None = None):
-        masks = np.asarray(masks, dtype=bool)
-        if masks.ndim == 2:
-            masks = masks[None]
+    Built from full masks (K, H, W), or from a predictor result whose ``mask(i)`` makes candidate ``i`` on demand
+    (our :class:`~napari_ultratinysam.predictor.Prediction`): then only the masks actually shown are upsampled.
+    """
+
+    def __init__(self, masks: np.ndarray | None, scores: np.ndarray, lowres: np.ndarray | None = None,
+                 get_mask=None):
         scores = np.asarray(scores, dtype=np.float32).reshape(-1)
-        if len(scores) != len(masks):
-            raise ValueError(f"Candidates: {len(masks)} masks but {len(scores)} scores")
         order = np.argsort(-scores, kind="stable")  # best first, whatever order the predictor used
-        self.masks = masks[order]
+        if masks is not None:
+            masks = np.asarray(masks, dtype=bool)
+            if masks.ndim == 2:
+                masks = masks[None]
+            if len(scores) != len(masks):
+                raise ValueError(f"Candidates: {len(masks)} masks but {len(scores)} scores")
+            masks = masks[order]
+            get_mask = masks.__getitem__
+        elif get_mask is None:
+            raise ValueError("Candidates: masks or get_mask is required")
+        else:
+            inner = get_mask
+            get_mask = lambda i: np.asarray(inner(int(order[i])), dtype=bool)  # noqa: E731
+        self._get = get_mask
+        self._cache: dict[int, np.ndarray] = {}
         self.scores = scores[order]
         self.lowres = None if lowres is None else np.asarray(lowres, dtype=np.float32)[order]
         self.index = 0
 
     @classmethod
     def from_result(cls, r) -> "Candidates":
-        return cls(r.masks, r.scores, getattr(r, "lowres", None))
+        lowres = getattr(r, "lowres", None)
+        if callable(getattr(r, "mask", None)):
+            return cls(None, r.scores, lowres, get_mask=r.mask)
+        return cls(r.masks, r.scores, lowres)
 
     def __len__(self) -> int:
-        return len(self.masks)
+        return len(self.scores)
 
     def cycle(self, step: int = 1) -> int:
-        self.index = (self.index + step) % len(self.masks)
+        self.index = (self.index + step) % len(self)
         return self.index
+
+    def mask_at(self, i: int) -> np.ndarray:
+        m = self._cache.get(i)
+        if m is None:
+            m = self._cache[i] = self._get(i)
+        return m
+
+    @property
+    def masks(self) -> np.ndarray:
+        return np.stack([self.mask_at(i) for i in range(len(self))])
 
     @property
     def mask(self) -> np.ndarray:
-        return self.masks[self.index]
+        return self.mask_at(self.index)
 
     @property
     def score(self) -> float:
@@ -490,6 +523,9 @@ class AnnotationModel:
 # ---------------------------------------------------------------------------------------------------- predictor
 
 
+BACKENDS = ("torch", "onnxruntime", "onnxruntime int8")
+
+
 @dataclass(frozen=True)
 class PredictorSpec:
     """Which model the annotator should load: source "default" | "checkpoint" | "onnx", a path, a backend."""
@@ -506,20 +542,22 @@ class PredictorSpec:
 def load_predictor(spec: PredictorSpec, predictor_cls: Any = None):
     """Construct a predictor for ``spec`` through the Predictor factories; one clear error for bad input.
 
-    Backends as the widget names them: "torch" or "onnxruntime" (the predictor calls the latter "onnx"; for the
-    default weights or a checkpoint it exports an ONNX pair to a temporary folder first)."""
+    Backends as the widget names them: "torch", "onnxruntime" or "onnxruntime int8" (the predictor calls the
+    latter two "onnx" with precision float / int8; for the default weights or a checkpoint it exports an ONNX pair
+    to a temporary folder first, and the int8 graphs once into a cache, see runtime_quant)."""
     if predictor_cls is None:
         from ..predictor import Predictor as predictor_cls  # noqa: N813 (lazy: the torch import is slow)
     src, backend = spec.source, spec.backend
-    if backend not in ("torch", "onnxruntime"):
-        raise ValueError(f"backend: expected 'torch' or 'onnxruntime', got {backend!r}")
-    runtime = "onnx" if backend == "onnxruntime" else "torch"
+    if backend not in BACKENDS:
+        raise ValueError(f"backend: expected one of {', '.join(BACKENDS)}, got {backend!r}")
+    runtime = "torch" if backend == "torch" else "onnx"
+    kw = {"precision": "int8"} if backend == "onnxruntime int8" else {}
     if src == "default":
-        return predictor_cls.from_default(backend=runtime)
+        return predictor_cls.from_default(backend=runtime, **kw)
     if not spec.path:
         raise ValueError(f"model: choose a {'checkpoint file' if src == 'checkpoint' else 'ONNX folder'} first")
     if src == "checkpoint":
-        return predictor_cls.from_checkpoint(spec.path, backend=runtime)
+        return predictor_cls.from_checkpoint(spec.path, backend=runtime, **kw)
     if src == "onnx":
         if backend != "onnxruntime":
             raise ValueError("model: an ONNX folder runs with the onnxruntime backend; choose it under 'Backend'")

@@ -34,6 +34,7 @@ from qtpy.QtWidgets import (
 )
 
 from .annotation_state import (
+    BACKENDS,
     CAMVID_CLASSES,
     AnnotationModel,
     ClassSpec,
@@ -56,6 +57,7 @@ PROMPTS, BOX, PREVIEW, ANNOTATIONS = "prompts", "box", "preview", "annotations"
 POSITIVE_COLOR = (0.1, 0.9, 0.2, 1.0)
 NEGATIVE_COLOR = (1.0, 0.15, 0.15, 1.0)
 PREVIEW_RGBA = (1.0, 0.85, 0.0, 1.0)
+POINT_FLUSH_MS = 80  # a clicked point reaches the prompts layer after its preview, or after this at most
 DRAG_PIXELS = 4  # a press that moves further than this (canvas pixels) is a pan, not a click
 
 SHORTCUTS: tuple[tuple[str, str], ...] = (
@@ -117,6 +119,13 @@ class AnnotatorWidget(QWidget):
         self.saver = LatestRequestWorker(name="utsam-autosave", parent=self)  # project writes, off the GUI thread
         self._plane: tuple = ()
         self._suspend = 0  # > 0 while we change layers ourselves (ignore their events)
+        # clicked points not yet in the prompts layer: (coord, positive). A click's prediction is submitted at once
+        # and the point is added to the layer right after its preview is shown (or after POINT_FLUSH_MS at most):
+        # napari's Points.add costs tens of milliseconds of Python on the GUI thread and would delay the mask
+        self._pending_points: list[tuple[np.ndarray, bool]] = []
+        self._flush_timer = QTimer(self)
+        self._flush_timer.setSingleShot(True)
+        self._flush_timer.timeout.connect(self.flush_points)
         self._last_hover_px: tuple | None = None
         self._timing: dict[str, float] = {}
         self._bound_keys: list[str] = []
@@ -153,7 +162,10 @@ class AnnotatorWidget(QWidget):
         row.addWidget(self.browse_btn)
         f.addRow("Path", row)
         self.backend_combo = QComboBox()
-        self.backend_combo.addItems(["torch", "onnxruntime"])
+        self.backend_combo.addItems(list(BACKENDS))
+        self.backend_combo.setToolTip("torch: the model as trained; onnxruntime: the same graph, faster on a CPU; "
+                                      "onnxruntime int8: int8 decoder (made once, then cached), masks within "
+                                      "~0.5 % IoU of float")
         f.addRow("Backend", self.backend_combo)
         self.zoom_check = QCheckBox("zoom-in refinement (small objects in big images)")
         self.zoom_check.setChecked(True)
@@ -580,14 +592,37 @@ class AnnotatorWidget(QWidget):
 
     def add_point(self, row: float, col: float, positive: bool = True) -> int:
         """Add a prompt point at image pixel (row, col) on the current plane; the preview follows."""
-        label = 1 if positive else 0
-        self.prompts.feature_defaults = {"label": label}
         coord = np.array([*self._plane, row, col], dtype=float)
-        self.prompts.add(coord[None])  # -> events.data(ADDED) -> _on_prompts_data -> prediction
-        self.prompts.feature_defaults = {"label": 1}
-        return len(self.prompts.data) - 1
+        self._pending_points.append((coord, bool(positive)))
+        self._request_preview(refine=True)  # the prompt includes the pending point
+        self._flush_timer.start(POINT_FLUSH_MS)
+        return len(self.prompts.data) + len(self._pending_points) - 1
+
+    def flush_points(self):
+        """Add the clicked points still pending to the prompts layer (no new prediction: theirs is under way)."""
+        self._flush_timer.stop()
+        pending, self._pending_points = self._pending_points, []
+        if not pending or self.prompts is None:
+            return
+        self._suspend += 1
+        try:
+            for coord, positive in pending:
+                if not positive:
+                    self.prompts.feature_defaults = {"label": 0}
+                self.prompts.add(coord[None])
+                if not positive:
+                    self.prompts.feature_defaults = {"label": 1}
+            if not all(pos for _, pos in pending):
+                self._color_prompts()  # new points are drawn in the positive colour by default
+        finally:
+            self._suspend -= 1
 
     def _remove_point(self, idx: int):
+        n = 0 if self.prompts is None else len(self.prompts.data)
+        if 0 <= idx - n < len(self._pending_points):  # not in the layer yet: forget it and predict again
+            del self._pending_points[idx - n]
+            self._request_preview(refine=False)
+            return
         if self.prompts is not None and idx < len(self.prompts.data):
             self.prompts.selected_data = {idx}
             self.prompts.remove_selected()
@@ -682,6 +717,9 @@ class AnnotatorWidget(QWidget):
             return Prompt()
         pts = np.asarray(self.prompts.data, dtype=float)
         lab = np.asarray(self.prompts.features["label"]).astype(int) if len(pts) else np.zeros(0, int)
+        if self._pending_points:
+            pts = np.concatenate([pts.reshape(-1, self.prompts.ndim), [c for c, _ in self._pending_points]])
+            lab = np.concatenate([lab, [int(p) for _, p in self._pending_points]])
         if self._plane and len(pts):
             keep = np.round(pts[:, 0]) == self._plane[0]
             pts, lab = pts[keep], lab[keep]
@@ -692,8 +730,8 @@ class AnnotatorWidget(QWidget):
                 rect = rects[-1]
         return Prompt.from_layers(pts, lab == 1, rect, image_hw=self.spatial_shape()[-2:])
 
-    def _request_preview(self, refine: bool) -> int | None:
-        prompt = self._prompt()
+    def _request_preview(self, refine: bool, prompt: Prompt | None = None) -> int | None:
+        prompt = self._prompt() if prompt is None else prompt
         if prompt.empty:
             self.worker.cancel("preview")
             self._clear_preview()
@@ -712,13 +750,15 @@ class AnnotatorWidget(QWidget):
         def run():
             t0 = time.perf_counter()
             r = session.predict(key, get, prompt, mask_input=mask_input)
-            return r, time.perf_counter() - t0
+            cands = Candidates.from_result(r)
+            cands.mask  # noqa: B018 - the best mask is upsampled here, on the worker; others only when cycled to
+            return cands, time.perf_counter() - t0
 
         def done(res):
-            r, dt = res
+            cands, dt = res
             if hover and not self._prompt().empty:
                 return  # a click arrived meanwhile: its own request will show
-            self.candidates = Candidates.from_result(r)
+            self.candidates = cands
             self.candidates_plane = plane
             self._timing["predict"] = dt
             self._show_candidate(holder.get("seq", 0))
@@ -744,6 +784,8 @@ class AnnotatorWidget(QWidget):
         area = int(c.mask.sum())
         self.mask_label.setText(f"{c.describe()}  ·  {area} px" if area else f"{c.describe()}  ·  empty")
         self.preview_updated.emit(seq)
+        if self._pending_points:
+            QTimer.singleShot(0, self.flush_points)  # after the preview's repaint
 
     def cycle_mask(self):
         """Next candidate mask (key M), best-scored first."""
@@ -761,6 +803,8 @@ class AnnotatorWidget(QWidget):
         self.preview_updated.emit(0)
 
     def _clear_prompt_layers(self):
+        self._pending_points.clear()
+        self._flush_timer.stop()
         self._suspend += 1
         try:
             if self.prompts is not None and len(self.prompts.data):

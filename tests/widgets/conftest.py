@@ -139,7 +139,7 @@ def annotator(make_napari_viewer, qtbot):
         predictor = predictor or FakePredictor()
         widget = AnnotatorWidget(viewer, predictor=predictor, **kw)
         viewer.window.add_dock_widget(widget, name="UltraTinySAM", area="right")
-        with qtbot.waitSignal(widget.embedding_ready, timeout=5000):
+        with qtbot.waitSignal(widget.embedding_ready, timeout=20000):
             viewer.add_image(image, name=name, rgb=image.ndim == 3 and image.shape[-1] in (3, 4))
         made.append(widget)
         return viewer, widget

@@ -217,13 +217,13 @@ class _Factories:
     calls: list = []
 
     @classmethod
-    def from_default(cls, backend="torch"):
-        cls.calls.append(("default", backend))
+    def from_default(cls, backend="torch", precision="float"):
+        cls.calls.append(("default", backend) + ((precision,) if precision != "float" else ()))
         return "P"
 
     @classmethod
-    def from_checkpoint(cls, path, backend="torch"):
-        cls.calls.append(("ckpt", path, backend))
+    def from_checkpoint(cls, path, backend="torch", precision="float"):
+        cls.calls.append(("ckpt", path, backend) + ((precision,) if precision != "float" else ()))
         return "P"
 
     @classmethod
@@ -238,8 +238,10 @@ def test_load_predictor_dispatch():
     load_predictor(PredictorSpec("default", "", "onnxruntime"), _Factories)
     load_predictor(PredictorSpec("checkpoint", "/x.safetensors", "torch"), _Factories)
     load_predictor(PredictorSpec("onnx", "/d", "onnxruntime"), _Factories)
+    load_predictor(PredictorSpec("default", "", "onnxruntime int8"), _Factories)
+    load_predictor(PredictorSpec("checkpoint", "/x.safetensors", "onnxruntime int8"), _Factories)
     assert _Factories.calls == [("default", "torch"), ("default", "onnx"), ("ckpt", "/x.safetensors", "torch"),
-                                ("onnx", "/d")]
+                                ("onnx", "/d"), ("default", "onnx", "int8"), ("ckpt", "/x.safetensors", "onnx", "int8")]
     with pytest.raises(ValueError, match="choose a checkpoint"):
         load_predictor(PredictorSpec("checkpoint", "", "torch"), _Factories)
     with pytest.raises(ValueError, match="onnxruntime backend"):

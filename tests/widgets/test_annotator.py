@@ -41,10 +41,12 @@ def release(layer, position, pos=(0, 0)):
 
 
 def click(qtbot, widget, position, button=1, modifiers=(), wait=True):
-    """A full mouse click on the prompts layer; waits for the preview of that click."""
+    """A full mouse click on the prompts layer; waits for the preview of that click and for its point to reach the
+    prompts layer (it is added right after the preview is shown)."""
     if wait:
         with qtbot.waitSignal(widget.preview_updated, timeout=5000):
             press(widget.prompts, position, button, modifiers)
+        qtbot.waitUntil(lambda: not widget._pending_points, timeout=2000)
     else:
         press(widget.prompts, position, button, modifiers)
     release(widget.prompts, position)
@@ -102,17 +104,26 @@ def test_modifier_click_is_negative_and_outside_ignored(annotator, qtbot):
     assert len(w.prompts.data) == 3 and len(w.session.predictor.calls) == n
 
 
-def test_drag_takes_the_point_back(annotator, qtbot):
+@pytest.mark.parametrize("flushed", [False, True], ids=["pending", "in-layer"])
+def test_drag_takes_the_point_back(annotator, qtbot, flushed):
+    """A press that turns into a pan takes its point back, whether it already reached the prompts layer or not."""
     viewer, w = annotator()
     click(qtbot, w, (30, 40))
+    n_calls = len(w.session.predictor.calls)
     press(w.prompts, (20, 20), pos=(100, 100))
-    assert len(w.prompts.data) == 2
+    assert len(w._prompt().points) == 2  # the press made a point (and a prediction) at once
+    assert w.session.predictor.calls and len(w.prompts.data) + len(w._pending_points) == 2
+    if flushed:
+        qtbot.waitUntil(lambda: len(w.prompts.data) == 2, timeout=2000)
     ev = ReadOnlyWrapper(MouseEvent("mouse_move", (21, 21), pos=np.array([130.0, 100.0]), is_dragging=True),
                          exceptions=("handled",))
     with qtbot.waitSignal(w.preview_updated, timeout=5000):
         mouse_move_callbacks(w.prompts, ev)
     release(w.prompts, (21, 21))
-    assert len(w.prompts.data) == 1
+    qtbot.wait(50)
+    assert len(w.prompts.data) == 1 and not w._pending_points and len(w._prompt().points) == 1
+    assert len(w.session.predictor.calls) > n_calls
+    assert w.session.predictor.calls[-1]["points"].tolist() == [[40, 30]]  # predicted again without the point
 
 
 def test_box_prompt(annotator, qtbot):
