@@ -565,6 +565,22 @@ def load_predictor(spec: PredictorSpec, predictor_cls: Any = None):
     raise ValueError(f"model source: expected default, checkpoint or onnx, got {src!r}")
 
 
+def load_device_predictor(path: str):
+    """The IMX500 device-faithful predictor for an ``utsam export-imx500`` folder or its quantized ONNX: the
+    quantized graph (onnxruntime + mct-quantizers) with its baked prompt, steered by moving the ROI as the Pi does
+    (compression.device_predictor)."""
+    if not path:
+        raise ValueError("IMX500 preview: choose an export folder (utsam export-imx500 -o DIR) or its quantized .onnx")
+    from ..compression.device_predictor import DevicePredictor
+
+    return DevicePredictor.from_quantized_onnx(path)
+
+
+def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = int(np.count_nonzero(a | b))
+    return float(np.count_nonzero(a & b) / union) if union else 1.0
+
+
 class PredictorSession:
     """The predictor and the image it holds. Used ONLY on the worker thread (the predictor is not thread-safe);
     the GUI thread only sets the plain attributes ``zoom_refine`` and ``spec``."""

@@ -534,3 +534,46 @@ def test_project_autosave_navigation_and_prefetch(make_napari_viewer, qtbot, tmp
         assert Project.open(tmp_path / "proj").cursor == 0
     finally:
         w.cleanup()
+
+
+def test_imx500_device_preview_beside_the_float_one(annotator, qtbot, FakePredictor):
+    """The device-faithful preview: loaded off the GUI thread from the path given, run after each click (never on
+    hover), shown as an outline layer with its IoU against the float mask; errors are one line; off removes it."""
+    loaded = []
+
+    def device_loader(path):
+        if path != "/exports/imx500":
+            raise FileNotFoundError(f"{path}: no quantized ONNX here")
+        loaded.append(path)
+        return FakePredictor(radius=5)  # a different mask than the float fake (radius 10)
+
+    viewer, w = annotator(device_loader=device_loader)
+    w.device_edit.setText("/nowhere")
+    with qtbot.waitSignal(w.worker.delivered, timeout=5000):
+        w.device_check.setChecked(True)
+    assert "no quantized ONNX" in w.device_label.text() and not w.device_check.isChecked()
+    assert w.device_session is None and "preview (IMX500)" not in [l.name for l in viewer.layers]
+
+    w.device_edit.setText("/exports/imx500")
+    with qtbot.waitSignal(w.worker.delivered, timeout=5000):
+        w.device_check.setChecked(True)
+    assert loaded == ["/exports/imx500"] and w.device_session is not None
+    with qtbot.waitSignal(w.device_updated, timeout=5000) as sig:
+        click(qtbot, w, (30, 40))
+    dev = viewer.layers["preview (IMX500)"]
+    assert sig.args[0] == int(dev.data.sum()) > 0 and dev.contour >= 1
+    assert dev.data[30, 40] == 1 and dev.data[30, 48] == 0  # radius-5 disc around the click
+    assert w.preview.data[30, 48] == 1  # the float preview (radius 10) is untouched
+    iou = float((dev.data.astype(bool) & w.preview.data.astype(bool)).sum() / w.preview.data.astype(bool).sum())
+    assert f"IoU with the float mask {iou:.3f}" in w.device_label.text()
+    assert viewer.layers.selection.active is w.prompts  # clicks still go to the prompts layer
+    n = len(w.device_session.predictor.calls)
+    w.clear_prompts()
+    qtbot.waitUntil(lambda: dev.data.sum() == 0, timeout=2000)  # Esc clears both previews
+    w.hover_check.setChecked(True)
+    with qtbot.waitSignal(w.preview_updated, timeout=5000):
+        hover(w.prompts, (20, 20))
+    qtbot.wait(100)
+    assert len(w.device_session.predictor.calls) == n  # hover never runs the device graph
+    w.device_check.setChecked(False)
+    assert "preview (IMX500)" not in [l.name for l in viewer.layers] and w.device_session is None
