@@ -106,7 +106,7 @@ def _measure(viewer, app, args, backend: str) -> dict:
 
     ready = []
     w.embedding_ready.connect(ready.append)
-    layer = viewer.add_image(img, name=f"bench-{backend}", rgb=True)
+    viewer.add_image(img, name=f"bench-{backend}", rgb=True)
     wait_for(lambda: bool(ready), 120)
     for _ in range(20):
         app.processEvents()

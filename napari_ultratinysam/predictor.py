@@ -42,6 +42,7 @@ class Prediction:
         self.lowres = lowres
         self.object_score = float(object_score)
         self.zoomed = zoomed
+        self.zoomable = False  # set by the predictor: zoom-in refinement would apply to this prompt
         self._render = render
         self._masks: dict[int, np.ndarray] = {}
         if masks is not None:
@@ -226,12 +227,12 @@ class Predictor:
         res = self._predict_entry(entry, pts, lab, bx, mask_input, multimask)
         zoom = self.zoom_refine if zoom_refine is None else zoom_refine
         h, w = self._image.shape[:2]
-        if zoom and max(h, w) > 2 * self.image_size:
+        if max(h, w) > 2 * self.image_size:
             bbox = self._positive_bbox(res, entry.geo)
-            if bbox is not None:
-                refined = self._zoom(res, bbox, pts, lab, bx, multimask)
-                if refined is not None:
-                    return refined
+            crop = None if bbox is None else self._zoom_crop(bbox, pts, bx)
+            res.zoomable = crop is not None  # zoom-in refinement would apply (a caller may ask for it later)
+            if zoom and crop is not None:
+                return self._zoom(res, crop, pts, lab, bx, multimask)
         return res
 
     def _encode_prompt(self, geo: Geometry, pts, lab, bx):
@@ -301,9 +302,10 @@ class Predictor:
         out[:, y0:y1, x0:x1] = region > 0
         return out
 
-    def _zoom(self, first: Prediction, bbox, pts, lab, bx, multimask: bool) -> Prediction | None:
-        img = self._image
-        h, w = img.shape[:2]
+    def _zoom_crop(self, bbox, pts, bx) -> tuple[int, int, int, int] | None:
+        """The square crop (x0, y0, x1, y1) that zoom-in refinement would encode, or None when the object is
+        already large in the full view."""
+        h, w = self._image.shape[:2]
         x0, y0, x1, y1 = bbox
         if len(pts):
             x0, x1 = min(x0, pts[:, 0].min()), max(x1, pts[:, 0].max() + 1)
@@ -319,7 +321,12 @@ class Predictor:
         side = int(np.ceil(side / grid) * grid)
         cx0 = int(np.clip(np.round((cx - side / 2) / grid) * grid, 0, max(0, w - side)))
         cy0 = int(np.clip(np.round((cy - side / 2) / grid) * grid, 0, max(0, h - side)))
-        cx1, cy1 = min(w, cx0 + side), min(h, cy0 + side)
+        return cx0, cy0, min(w, cx0 + side), min(h, cy0 + side)
+
+    def _zoom(self, first: Prediction, crop, pts, lab, bx, multimask: bool) -> Prediction:
+        img = self._image
+        h, w = img.shape[:2]
+        cx0, cy0, cx1, cy1 = crop
         key = (self._key, "crop", cx0, cy0, cx1, cy1)
         entry = self._embed(img[cy0:cy1, cx0:cx1], key)
         off = np.array([cx0, cy0], np.float32)

@@ -121,6 +121,13 @@ def test_zoom_refine_crops_small_objects_in_big_images(rec):
     p.predict(points=[[902, 701]])
     assert rec.encode_calls == 2  # the snapped crop embedding is reused for a nearby click
     assert not Predictor(rec, zoom_refine=False).zoom_refine
+    # full view only (the annotator's fast first stage): not zoomed, but says that zooming would apply
+    r = p.predict(points=[[300, 200]], zoom_refine=False)
+    assert not r.zoomed and r.zoomable and rec.encode_calls == 2
+    assert r.mask(0)[200, 300] and r.mask(0).shape == (1000, 1200)
+    # candidates are upsampled one at a time, on demand, and kept
+    assert r.mask(1) is r.mask(1) and r.masks.shape == (3, 1000, 1200)
+    np.testing.assert_array_equal(r.masks[0], r.mask(0))
 
 
 def test_torch_and_onnx_backends_agree(paper_model):

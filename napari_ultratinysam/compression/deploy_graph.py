@@ -305,7 +305,7 @@ class DeployGraph(nn.Module):
         m = self.model
         md = m.mask_decoder
         tr = md.transformer
-        C, N, h, w, T = self.C, self.N, self.h, self.w, self.num_tokens
+        C, N, h, w = self.C, self.N, self.h, self.w
         x = x * self.norm_scale + self.norm_shift
         f0, f1, f2 = m.image_encoder(x)  # trunk, then FPN laterals (the only consumers of the stage outputs)
         embed = m.channel_expansion_2(f2)

@@ -402,6 +402,13 @@ def build_metadata(graph, model_source: str, method: str, memory: MemoryReport |
         "output_order": graph.output_names,
         "postprocess": "pick the mask with the highest iou; upsample its logits to the ROI size (bilinear) and "
                        "threshold at 0; with object_score <= 0 treat it as empty",
+        "roi": {"pad_value": 0,
+                "steering": "the prompt is fixed: to segment what a user points at, move the inference ROI. "
+                            "center-point / points: a square ROI placed so that the user's first positive click "
+                            "lands on the first positive baked point (side = the ROI size, e.g. min(H, W)); box: "
+                            "the ROI that maps the user's box onto the baked box. Negative and further clicks "
+                            "cannot be honoured (compression.device_predictor.DevicePredictor does this on a PC)",
+                "gate_by_object_score": bool(getattr(cfg, "gate_by_object_score", False))},
         "quantization": {"method": method, "tool": "model-compression-toolkit (MCT)",
                          "tpc": "imx500 v1", "weights": "8-bit per-channel symmetric",
                          "activations": "8-bit power-of-two"},

@@ -687,6 +687,16 @@ def quantize_to_onnx(checkpoint=None, prompt: str = "center-point", points=None,
             agreement = mask_agreement(graph, QuantizedOnnxRunner(onnx_path), samples[:agreement_images])
             _report(progress, f"float vs quantized: mean mask IoU {agreement['mean_iou']:.3f} on "
                               f"{agreement['num_images']} calibration images", at(1.0))
+        # the baked prompt beside the ONNX, so DevicePredictor.from_quantized_onnx can read it (export_imx500 and
+        # `utsam quantize` rewrite this file with the memory report / times)
+        from ..io_utils import atomic_write_json
+        from .imx500 import build_metadata
+
+        atomic_write_json(out / "metadata.json", build_metadata(graph, source, method, None, {
+            "calibration": {"source": str(calibration) if calibration else "default", "num_images": num_images},
+            "times": dict(times), "float_vs_quantized": agreement, "float_check_max_abs_diff": diff,
+            "files": {"onnx": onnx_path.name},
+            **({"qat": {"steps": qat_steps, "lr": qat_lr}} if method == "qat" else {})}))
     except BaseException:
         graph.release()
         raise

@@ -126,6 +126,43 @@ def load_predictor(checkpoint: str | None = None, onnx: str | None = None) -> An
     return Predictor.from_default()
 
 
+def load_device_predictor(args: argparse.Namespace) -> tuple[Any, str]:
+    """``--imx500 PATH`` (the quantized graph, prompt from its metadata.json) and/or ``--imx500-float`` (the float
+    deploy graph of ``--checkpoint`` / the shipped weights, with PATH's prompt or the centre point), both steered
+    by the inference ROI like the Raspberry Pi: -> (DevicePredictor, a name for the report)."""
+    from ..cli import CliError
+    from ..compression.device_predictor import DevicePredictor, read_metadata, resolve_onnx_path
+    from ..compression.quantize import QuantizationError
+
+    if args.onnx:
+        raise CliError("--onnx cannot be combined with --imx500 / --imx500-float")
+    if args.imx500 and args.checkpoint and not args.imx500_float:
+        raise CliError("--checkpoint and --imx500 name two models; add --imx500-float to evaluate the float deploy "
+                       "graph of CKPT with the prompt baked into PATH")
+    if args.roi_size is not None and args.roi_size < 1:
+        raise CliError(f"--roi-size: must be >= 1, got {args.roi_size}")
+    try:
+        if not args.imx500_float:
+            dp = DevicePredictor.from_quantized_onnx(args.imx500, roi_size=args.roi_size)
+            return dp, f"IMX500 {dp.metadata.get('quantization', {}).get('method', 'quantized').upper()} " \
+                       f"({Path(args.imx500).name})"
+        prompt = None
+        if args.imx500:
+            _, meta_path = resolve_onnx_path(args.imx500)
+            if meta_path is None:
+                raise CliError(f"{args.imx500}: no metadata.json beside the ONNX, so its baked prompt is unknown")
+            from ..compression.device_predictor import _prompt_from_dict
+
+            prompt = _prompt_from_dict(read_metadata(meta_path).get("prompt") or {})
+        if args.checkpoint and not Path(args.checkpoint).is_file():
+            raise FileNotFoundError(f"{args.checkpoint}: --checkpoint file does not exist")
+        kw = {"prompt": prompt} if prompt is not None else {}
+        dp = DevicePredictor.from_checkpoint_float(args.checkpoint, roi_size=args.roi_size, **kw)
+        return dp, f"IMX500 float graph ({Path(args.checkpoint).stem if args.checkpoint else 'default'})"
+    except QuantizationError as e:
+        raise CliError(str(e)) from e
+
+
 def load_dataset(args: argparse.Namespace) -> Sequence[AnnotatedImage]:
     from ..cli import CliError
 
@@ -142,8 +179,9 @@ def load_dataset(args: argparse.Namespace) -> Sequence[AnnotatedImage]:
     return FolderPairs(args.images, args.masks)
 
 
-def _default_label(args: argparse.Namespace) -> str:
-    model = Path(args.checkpoint).stem if args.checkpoint else (Path(args.onnx).name if args.onnx else "default")
+def _default_label(args: argparse.Namespace, model: str | None = None) -> str:
+    if model is None:
+        model = Path(args.checkpoint).stem if args.checkpoint else (Path(args.onnx).name if args.onnx else "default")
     folder = Path(args.dataset or args.images).resolve()
     data = folder.name if args.dataset else f"{folder.parent.name}/{folder.name}"
     return f"{model} @ {data}" + (f" ({args.split})" if args.dataset and args.split else "")
@@ -155,29 +193,60 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from .protocols import evaluate_interactive, evaluate_paper
     from .report import run_metrics, write_report
 
+    import sys
+
+    from .protocols import DEFAULT_PAPER_MODES
+
     for flag, v, lo in (("--max-clicks", args.max_clicks, 1), ("--min-area", args.min_area, 0),
                         ("--max-objects", args.max_objects, 1), ("--max-images", args.max_images, 1)):
         if v is not None and v < lo:
             raise CliError(f"{flag}: must be >= {lo}, got {v}")
+    device = bool(getattr(args, "imx500", None) or getattr(args, "imx500_float", False))
+    max_clicks = 20 if args.max_clicks is None else args.max_clicks
+    modes, protocol, extra = DEFAULT_PAPER_MODES, args.protocol, {}
+    model_name = None
+    if getattr(args, "roi_size", None) is not None and not device:
+        raise CliError("--roi-size is only used with --imx500 / --imx500-float")
     dataset = load_dataset(args)
     if len(dataset) == 0:
         raise CliError(f"{args.dataset or args.images}: the dataset has no images")
-    predictor = load_predictor(args.checkpoint, args.onnx)
+    if device:
+        predictor, model_name = load_device_predictor(args)
+        # the prompt is baked in: only the first positive click (or the box) steers the graph, through the ROI
+        if max_clicks != 1 and args.max_clicks is not None and args.protocol != "paper":
+            print(f"utsam evaluate: note: --max-clicks {max_clicks} ignored: the IMX500 graph has its prompt baked "
+                  f"in, further clicks are not meaningful (mIoU@1 only)", file=sys.stderr)
+        max_clicks = 1
+        if predictor.prompt.mode == "box":
+            if args.protocol == "noc":
+                raise CliError("--protocol noc needs clicks, but this IMX500 graph has a box baked in; use "
+                               "--protocol paper (box mode)")
+            modes, protocol = ("box",), "paper"
+        else:  # 3/5 clicks would be the first click again
+            modes = ("1click", "1click_interior", "box")
+        extra = {"imx500": {"graph": predictor.name, "source": predictor.source or args.imx500,
+                            "prompt": predictor.prompt.to_dict(), "roi_size": args.roi_size or "min(H, W)",
+                            "note": "prompt baked in, steered by the inference ROI; only click 1 / the box is "
+                                    "meaningful; paper 'box' mode on a point graph = a click at the box centre"}}
+    else:
+        predictor = load_predictor(args.checkpoint, args.onnx)
     progress = not args.quiet
     inter = paper = None
-    if args.protocol in ("noc", "all"):
-        inter = evaluate_interactive(predictor, dataset, max_clicks=args.max_clicks, min_area=args.min_area,
+    if protocol in ("noc", "all"):
+        inter = evaluate_interactive(predictor, dataset, max_clicks=max_clicks, min_area=args.min_area,
                                      max_images=args.max_images, max_objects=args.max_objects,
                                      click_mode=args.click_mode, progress=progress)
-    if args.protocol in ("paper", "all"):
-        paper = evaluate_paper(predictor, dataset, seed=args.seed, max_images=args.max_images,
+    if protocol in ("paper", "all"):
+        paper = evaluate_paper(predictor, dataset, modes=modes, seed=args.seed, max_images=args.max_images,
                                max_objects=args.max_objects, progress=progress)
-    label = args.label or _default_label(args)
-    m = run_metrics(inter, paper, model=args.checkpoint or args.onnx or "default",
-                    dataset=str(args.dataset or args.images), split=args.split, protocol=args.protocol,
-                    seed=args.seed, click_mode=args.click_mode)
+    label = args.label or _default_label(args, model_name)
+    m = run_metrics(inter, paper, model=model_name or args.checkpoint or args.onnx or "default",
+                    dataset=str(args.dataset or args.images), split=args.split, protocol=protocol,
+                    seed=args.seed, click_mode=args.click_mode, **extra)
     paths = write_report(args.output, {label: m})
-    if inter is not None:
+    if inter is not None and device:
+        print(f"{label}: {m['num_objects']} objects, mIoU@1 {m['miou@1']} (prompt baked in: 1 click)")
+    elif inter is not None:
         print(f"{label}: {m['num_objects']} objects, NoC@85 {m['noc@85']}, NoC@90 {m['noc@90']}, "
               f"mIoU@1 {m['miou@1']}")
     if paper is not None:
@@ -193,6 +262,16 @@ def register(subparsers: Any) -> None:
     model = p.add_mutually_exclusive_group()
     model.add_argument("--checkpoint", metavar="CKPT", help="model checkpoint (default: the bundled model)")
     model.add_argument("--onnx", metavar="DIR", help="exported ONNX model folder (float or quantized)")
+    p.add_argument("--imx500", metavar="PATH",
+                   help="evaluate what the IMX500 will produce: the quantized ONNX (or its export folder) with its "
+                        "baked prompt, steered by the inference ROI like the Raspberry Pi (only click 1 / the box "
+                        "is meaningful: the interactive protocol runs 1 click)")
+    p.add_argument("--imx500-float", action="store_true",
+                   help="the same for the FLOAT deploy graph of --checkpoint (default: the shipped weights), with "
+                        "the prompt of --imx500 PATH when given, else the centre point (float vs PTQ vs QAT rows)")
+    p.add_argument("--roi-size", type=int, default=None, metavar="PX",
+                   help="with --imx500/--imx500-float: side of the square inference ROI around the click "
+                        "(default: min(H, W) of each image)")
     p.add_argument("--dataset", metavar="DIR", help="dataset folder in any supported format")
     p.add_argument("--format", default="auto", help="dataset format (default: auto-detect)")
     p.add_argument("--split", default=None, help="dataset split, e.g. test (default: the reader's default)")
@@ -200,7 +279,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--masks", metavar="DIR", help="mask folder: 0/255 binary, palette or instance ids; "
                                                    "8-bit gray value 128 = ignore")
     p.add_argument("--protocol", choices=PROTOCOLS, default="all", help="noc, paper or all (default)")
-    p.add_argument("--max-clicks", type=int, default=20, help="clicks per object, interactive protocol (20)")
+    p.add_argument("--max-clicks", type=int, default=None,
+                   help="clicks per object, interactive protocol (20; 1 with --imx500)")
     p.add_argument("--max-objects", type=int, default=None, help="stop after N objects")
     p.add_argument("--max-images", type=int, default=None, help="only the first N images")
     p.add_argument("--min-area", type=int, default=0,

@@ -630,9 +630,11 @@ class PredictorSession:
         return True
 
     def predict(self, key: Hashable, get_image: Callable[[], np.ndarray], prompt: Prompt,
-                mask_input: np.ndarray | None = None, multimask: bool | None = None):
+                mask_input: np.ndarray | None = None, multimask: bool | None = None,
+                zoom_refine: bool | None = None):
+        """``zoom_refine``: None = the session's setting; False = full view only (a first, fast stage)."""
         self.ensure_image(key, get_image)
         p = self.predictor
         if hasattr(p, "zoom_refine"):
-            p.zoom_refine = bool(self.zoom_refine)
+            p.zoom_refine = bool(self.zoom_refine if zoom_refine is None else (zoom_refine and self.zoom_refine))
         return p.predict(**prompt.predictor_kwargs(), mask_input=mask_input, multimask=multimask)

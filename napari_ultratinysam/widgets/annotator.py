@@ -875,30 +875,54 @@ class AnnotatorWidget(QWidget):
             mask_input = self.candidates.current_lowres  # the previous mask, fed back when refining
         return self._submit_prediction(prompt, mask_input, hover=False)
 
-    def _submit_prediction(self, prompt: Prompt, mask_input, hover: bool) -> int:
+    def _zoom_may_apply(self) -> bool:
+        """Whether the predictor may refine by zooming in on this image (large images only)."""
+        size = getattr(self.session.predictor, "image_size", None)
+        return bool(self.session.zoom_refine and size and max(self.spatial_shape()[-2:]) > 2 * size)
+
+    def _submit_prediction(self, prompt: Prompt, mask_input, hover: bool, stage: str = "first",
+                           t_submit: float | None = None) -> int:
+        """Predict ``prompt`` on the worker and show it. On large images with zoom-in refinement on, in two stages:
+        the full-view mask first (decoder only: shown within milliseconds), then the zoom-refined one (a crop
+        encoded at the model's resolution), which replaces it unless a newer prompt came in meanwhile."""
         key, get, session, plane = self._embedding_key(), self._image_getter(), self.session, self._plane
-        t_submit = time.perf_counter()
+        t_submit = time.perf_counter() if t_submit is None else t_submit
+        two_stage = stage == "first" and self._zoom_may_apply()
+        zoom = False if two_stage else None  # None: the session's setting
         holder: dict = {}
 
         def run():
             t0 = time.perf_counter()
-            r = session.predict(key, get, prompt, mask_input=mask_input)
+            r = session.predict(key, get, prompt, mask_input=mask_input, zoom_refine=zoom)
+            if stage == "refine" and not getattr(r, "zoomed", False):
+                return None, time.perf_counter() - t0, False  # zooming gained nothing: the first mask stays
             cands = Candidates.from_result(r)
             cands.mask  # noqa: B018 - the best mask is upsampled here, on the worker; others only when cycled to
-            return cands, time.perf_counter() - t0
+            # the predictor says whether zooming would apply (an object small in the full view); unknown: try
+            return cands, time.perf_counter() - t0, bool(getattr(r, "zoomable", True))
 
         def done(res):
-            cands, dt = res
+            cands, dt, zoomable = res
             if hover and not self._prompt().empty:
                 return  # a click arrived meanwhile: its own request will show
-            self.candidates = cands
-            self.candidates_plane = plane
-            self._timing["predict"] = dt
-            self._show_candidate(holder.get("seq", 0))
-            self._timing["click_to_preview" if not hover else "hover_to_preview"] = time.perf_counter() - t_submit
+            if cands is not None:
+                prev = self.candidates
+                if stage == "refine" and prev is not None and prev.index < len(cands):
+                    cands.index = prev.index  # keep the candidate the user cycled to
+                self.candidates = cands
+                self.candidates_plane = plane
+                self._timing["predict" if stage == "first" else "refine"] = dt
+                self._show_candidate(holder.get("seq", 0))
+            what = "click" if not hover else "hover"
+            self._timing[f"{what}_to_preview" if stage == "first" else f"{what}_to_refined"] = \
+                time.perf_counter() - t_submit
+            if two_stage and zoomable:
+                self._submit_prediction(prompt, mask_input, hover, stage="refine", t_submit=t_submit)
 
         holder["seq"] = seq = self.worker.submit("preview", run, strict=not hover, on_done=done,
                                                  on_error=self._predict_error)
+        if stage == "refine":
+            return seq
         if not hover and self.device_session is not None:
             self._request_device(prompt)  # after the float preview: the float mask is never delayed by it
         return seq
@@ -1339,7 +1363,8 @@ class AnnotatorWidget(QWidget):
     @property
     def timing(self) -> dict[str, float]:
         """Last measured seconds: embed and predict (on the worker), preview_update (writing the mask into the
-        preview layer + its refresh, GUI thread), click_to_preview / hover_to_preview (request -> preview shown)."""
+        preview layer + its refresh, GUI thread), click_to_preview / hover_to_preview (request -> first preview
+        shown), refine and click_to_refined / hover_to_refined (the zoom-in stage on large images)."""
         return dict(self._timing)
 
 

@@ -48,3 +48,18 @@ def tiny_model():
     from napari_ultratinysam.network.build import build_model
 
     return build_model("tiny_test")
+
+
+@pytest.fixture(scope="session")
+def ptq_tiny(tmp_path_factory):
+    """PTQ of the tiny preset on 8 calibration images (the bundled samples + crops): its MCTQ ONNX and
+    metadata.json (shared by the quantisation and the device-predictor tests)."""
+    from napari_ultratinysam.compression.quantize import quantize_to_onnx
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("ptq_tiny")
+    q = quantize_to_onnx(config="tiny_test", method="ptq", out=out, num_images=8, agreement_images=8)
+    torch.set_num_threads(n)
+    yield q
+    q.graph.release()

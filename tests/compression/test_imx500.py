@@ -58,6 +58,16 @@ def test_real_converter_tiny_preset_converts_and_fits(tmp_path):
     print(f"\ntiny preset: {res.memory.summary()}; PTQ {res.times['ptq_s']} s, conversion "
           f"{res.times['conversion_s']} s; float vs PTQ mean mask IoU {res.agreement['mean_iou']:.3f}")
     assert meta["times"]["conversion_s"] > 0
+    # the export folder is what DevicePredictor reads (ONNX + baked prompt from metadata.json): no second PTQ
+    import numpy as np
+
+    from napari_ultratinysam.compression.device_predictor import DevicePredictor
+
+    dp = DevicePredictor.from_quantized_onnx(out)
+    assert dp.prompt.mode == "center-point" and dp.prompt.points == ((64.0, 64.0),)
+    dp.set_image(np.full((60, 90, 3), 120, np.uint8))
+    r = dp.predict(points=[[45, 30]])
+    assert r.masks.shape == (3, 60, 90) and dp.last_roi.w == 60
 
 
 @pytest.mark.slow

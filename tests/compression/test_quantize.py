@@ -1,11 +1,11 @@
 """MCT PTQ/QAT of the tiny preset, the MCTQ ONNX on the CPU, float-vs-quantized agreement, calibration data."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from napari_ultratinysam.compression.deploy_graph import make_prompt
 from napari_ultratinysam.compression.quantize import (CalibrationSample, _prompt_target, load_calibration,
@@ -14,18 +14,6 @@ from napari_ultratinysam.compression.quantize import (CalibrationSample, _prompt
 from .conftest import needs_mct
 
 CAMVID = Path(__file__).resolve().parents[3] / "shared" / "datasets" / "camvid"
-
-
-@pytest.fixture(scope="module")
-def ptq_tiny(tmp_path_factory):
-    """PTQ of the tiny preset on 8 calibration images (the bundled samples + crops) and its MCTQ ONNX."""
-    from napari_ultratinysam.compression.quantize import quantize_to_onnx
-
-    torch.set_num_threads(1)
-    out = tmp_path_factory.mktemp("ptq_tiny")
-    q = quantize_to_onnx(config="tiny_test", method="ptq", out=out, num_images=8, agreement_images=8)
-    yield q
-    q.graph.release()
 
 
 @needs_mct
@@ -51,6 +39,9 @@ def test_ptq_onnx_runs_in_onnxruntime_and_agrees_with_float(ptq_tiny):
     assert agree["num_images"] == 8
     assert agree["mean_iou"] > 0.8, agree
     assert q.float_check_max_abs_diff < 1e-4
+    meta = json.loads((q.onnx_path.parent / "metadata.json").read_text())  # the baked prompt beside the ONNX
+    assert meta["prompt"]["mode"] == "center-point" and meta["prompt"]["points"] == [[64.0, 64.0]]
+    assert meta["quantization"]["method"] == "ptq" and meta["roi"]["pad_value"] == 0
 
 
 @needs_mct

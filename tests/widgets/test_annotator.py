@@ -577,3 +577,34 @@ def test_imx500_device_preview_beside_the_float_one(annotator, qtbot, FakePredic
     assert len(w.device_session.predictor.calls) == n  # hover never runs the device graph
     w.device_check.setChecked(False)
     assert "preview (IMX500)" not in [l.name for l in viewer.layers] and w.device_session is None
+
+
+def test_two_stage_preview_on_large_images(annotator, qtbot, FakePredictor):
+    """On an image larger than twice the model input, a click shows the full-view mask first (no zoom) and then
+    the zoom-refined one; a newer click drops the pending refinement; small images and zoom off: one stage."""
+
+    class Zooming(FakePredictor):
+        image_size = 16  # "model input": the 64x80 test image is more than twice as large
+
+        def predict(self, *a, zoom_refine=None, **kw):
+            r = super().predict(*a, **kw)
+            r.zoomed = bool(self.zoom_refine)
+            if r.zoomed:  # the refined mask differs: a smaller disc
+                r.masks = r.masks & np.roll(r.masks, 3, axis=1)
+            return r
+
+    viewer, w = annotator(predictor=Zooming())
+    shown = []
+    w.preview_updated.connect(lambda s: shown.append(int(w.preview.data.sum())))
+    click(qtbot, w, (30, 40))
+    qtbot.waitUntil(lambda: not w.worker.is_busy("preview"), timeout=5000)
+    calls = w.session.predictor.calls
+    assert [c["zoom_refine"] for c in calls[-2:]] == [False, True]
+    assert len(shown) == 2 and shown[1] < shown[0]  # full view, then the refined (smaller) mask
+    assert "click_to_refined" in w.timing and w.timing["click_to_refined"] >= w.timing["click_to_preview"]
+    w.zoom_check.setChecked(False)
+    qtbot.waitUntil(lambda: not w.worker.is_busy("preview"), timeout=5000)
+    n = len(calls)
+    click(qtbot, w, (30, 50))
+    qtbot.wait(100)
+    assert [c["zoom_refine"] for c in calls[n:]] == [False]  # zoom off: one stage

@@ -97,6 +97,8 @@ def test_real_default_weights_segment_known_objects(make_napari_viewer, qtbot):
             ys, xs = np.nonzero(inst == oid)
             with qtbot.waitSignal(w.preview_updated, timeout=30000):
                 w.set_box(xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+            # a full-view mask first, then (320 px > 2 x 128) the zoom-refined one
+            qtbot.waitUntil(lambda: not w.worker.is_busy("preview"), timeout=30000)
             pred = w.preview.data.astype(bool)
             gt = inst == oid
             ious.append((pred & gt).sum() / max(1, (pred | gt).sum()))
