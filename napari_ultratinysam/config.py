@@ -42,7 +42,7 @@ class ModelConfig:
     use_high_res_features: bool = True
     pred_obj_scores: bool = True
     mask_in_chans: int = 16
-    multimask_max_points: int = 1          # 3 candidates only for prompts with <= 1 point and no box (SAM2)
+    multimask_max_points: int = 1          # 3 candidates for prompts with <= this many points and no box (SAM2: 1)
     gate_by_object_score: bool = False     # empty mask when the object-score logit is <= 0
 
 
