@@ -666,14 +666,19 @@ class AnnotatorWidget(QWidget):
 
         def run():
             t0 = time.perf_counter()
+            loaded = session.predictor is None
+            session.ensure_predictor()  # the model itself, on first use
+            t1 = time.perf_counter()
             computed = session.ensure_image(key, get)
-            return computed, time.perf_counter() - t0
+            return computed, time.perf_counter() - t1, (t1 - t0) if loaded else None
 
         def done(res):
-            computed, dt = res
+            computed, dt, load_s = res
             self._timing["embed"] = dt
-            self.status_label.setText(f"{name}: ready ({'embedding ' + format(dt * 1e3, '.0f') + ' ms' if computed else 'cached'})"
-                                      " - click to segment")
+            if load_s is not None:
+                self.model_label.setText(f"{session.spec.describe()} loaded in {load_s * 1e3:.0f} ms")
+            what = f"embedding {dt * 1e3:.0f} ms" if computed else "cached"
+            self.status_label.setText(f"{name}: ready ({what}) - click to segment")
             self.embedding_ready.emit(key)
 
         return self.worker.submit("embed", run, on_done=done, on_error=self._embed_error)
