@@ -64,7 +64,7 @@ class MinArea128:
 
         it = self.ds[i]
         s = 128 / max(it.image.shape[:2])
-        keep = it.masks.reshape(len(it.masks), -1).sum(1) * s * s >= self.px
+        keep = it.masks.reshape(it.num_objects, -1).sum(1) * s * s >= self.px if it.num_objects else []
         return AnnotatedImage(it.image, it.masks[keep], it.class_ids[keep], name=it.name, source=it.source,
                               extra=it.extra)
 

@@ -93,8 +93,9 @@ def object_iou_curve(predictor: PredictorLike, gt: np.ndarray, ignore: np.ndarra
 
     Click 1 is at the interior of the object (the largest error region of an empty prediction), multimask on,
     best candidate by predicted IoU. Each further click goes to the interior of the largest error region of
-    the current prediction, with all previous clicks and the previous best low-res logits as ``mask_input``,
-    single-mask output. If the prediction becomes exact (no error outside ignore) the curve is held.
+    the current prediction, with all previous clicks and the previous best low-res logits as ``mask_input``;
+    single-mask or multimask output as the predictor's own rule says (``multimask=None``: SAM's rule is single-mask
+    for several points; the shipped model's config keeps multimask up to 64 points, measured better for it). If the prediction becomes exact (no error outside ignore) the curve is held.
     """
     hw = gt.shape
     pred = np.zeros(hw, dtype=bool)
@@ -110,7 +111,7 @@ def object_iou_curve(predictor: PredictorLike, gt: np.ndarray, ignore: np.ndarra
         points.append(pt)
         labels.append(lab)
         r = predictor.predict(points=np.stack(points).astype(np.float32), labels=np.asarray(labels, dtype=np.int64),
-                              mask_input=lowres, multimask=(k == 0))
+                              mask_input=lowres, multimask=True if k == 0 else None)
         pred, _, lowres = _best(r, hw, f"click {k + 1}")
         curve[k] = metrics.mask_iou(pred, gt, ignore)
     return curve
