@@ -3,9 +3,7 @@
 #   1. equal-budget probe of both trunks (MobileViT-XS from scratch vs EfficientNet-Lite0 with ImageNet weights),
 #   2. the long run with the better one (by validation mIoU@1 on the held-out parts),
 #   3. a continuation from the long run's last checkpoint (lower peak lr, more grayscale images),
-#   4. fp16 copy of the continuation's best-on-validation checkpoint into model/, with multimask_max_points 64
-#      (several clicks also choose among the 3 multimask outputs: measured better than the single-mask token,
-#      see model/MODEL_CARD.md).
+#   4. fp16 copy of the continuation's best-on-validation checkpoint into model/.
 # Zero-shot evaluation for the model card: benchmarks/eval_default.sh.
 # Usage: [PROBE_MIN=3] [LONG_MIN=70] [CONT_MIN=105] [THREADS=1] benchmarks/train_default.sh
 # (the shipped model: PROBE_MIN=3 LONG_MIN=70 CONT_MIN=105 THREADS=1 on a shared 2-core CPU; the schedule follows wall time, so
@@ -51,7 +49,6 @@ _, _, extra = read_checkpoint(src)
 extra.update({"source": src, "recipe": "model/configs/train_scratch.yaml via benchmarks/train_default.sh "
               "(long run + continuation)"})
 model = load_model(src)
-model.cfg.multimask_max_points = 64
 save_checkpoint(model, "model/ultratinysam.safetensors", extra=extra, half=True)
 import os; os.chmod("model/ultratinysam.safetensors", 0o644)
 print("wrote model/ultratinysam.safetensors from", src, extra)

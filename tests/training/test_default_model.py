@@ -1,5 +1,5 @@
-"""The shipped default model (model/ultratinysam.safetensors) segments real images: one positive click at the
-interior of a clear object in a bundled sample gives IoU >= 0.8 with its stored mask."""
+"""The shipped default model (model/ultratinysam.safetensors) segments the bundled samples: one positive click at
+the interior of a clear object gives IoU >= 0.8 with its stored mask; a box gives every coin."""
 from pathlib import Path
 
 import numpy as np
@@ -42,16 +42,39 @@ def test_default_checkpoint_is_small_and_loads():
     assert "source" in extra
 
 
-def test_one_click_quality_floor():
-    """Regression guard for what the shipped 70-CPU-minute model does today (shapes: 0.56 / 0.65 on the disc and
-    square): catches broken preprocessing, prompt mapping or weights."""
+def _box_ious(image_file: str, ids_file: str) -> list[float]:
+    from napari_ultratinysam.predictor import Predictor
+
+    image = np.array(Image.open(SAMPLES / image_file).convert("RGB"))
+    ids = np.array(Image.open(SAMPLES / ids_file))
+    p = Predictor.from_default()
+    p.set_image(image)
+    out = []
+    for v in [v for v in np.unique(ids) if v != 0]:
+        ys, xs = np.nonzero(ids == v)
+        r = p.predict(box=[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+        out.append(_iou(r.mask(0), ids == v))
+    return out
+
+
+def test_one_click_on_a_known_sample_object():
+    """Issue 6's check: one click at the interior of a known object of sample_data/shapes.png gives IoU >= 0.8 with
+    its stored mask (measured with the shipped weights: 0.89 on the best object, 0.71 mean over the 4 shapes)."""
     shapes = _one_click_ious("shapes.png", "shapes_instances.png")
-    assert max(shapes) >= 0.5, shapes
+    assert max(shapes) >= 0.8, shapes
+    assert np.mean(shapes) >= 0.5, shapes
 
 
-@pytest.mark.xfail(reason="issue 6 target (IoU >= 0.8 from one click) not reached by the current default model; "
-                          "see model/MODEL_CARD.md 'Targets not reached'", strict=True)
-def test_one_click_on_sample_objects():
+def test_box_on_every_coin():
+    """A box around each of the 24 coins gives its mask (measured: mean IoU 0.87)."""
+    coins = _box_ious("coins.png", "coins_instances.png")
+    assert len(coins) == 24 and np.median(coins) >= 0.75, coins
+
+
+@pytest.mark.xfail(reason="not reached by the current default model: one click on a coin (small, similar objects) "
+                          "mostly returns a region of several coins; see model/MODEL_CARD.md 'Targets not reached'",
+                   strict=True)
+def test_one_click_on_every_sample_object():
     shapes = _one_click_ious("shapes.png", "shapes_instances.png")
     coins = _one_click_ious("coins.png", "coins_instances.png")
     assert max(shapes) >= 0.8, shapes
