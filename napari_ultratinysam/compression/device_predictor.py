@@ -401,11 +401,6 @@ def best_mask(pred: Prediction) -> np.ndarray:
     return pred.mask(0) if callable(getattr(pred, "mask", None)) else np.asarray(pred.masks)[0]
 
 
-def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
-    union = np.logical_or(a, b).sum()
-    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
-
-
 def device_agreement(float_dp: DevicePredictor, quant_dps: "DevicePredictor | dict[str, DevicePredictor]",
                      dataset, indices: Sequence[int] | None = None, max_objects: int | None = None,
                      min_area: int = 0, min_area_128: int = 0, progress: bool = False) -> dict:
@@ -461,7 +456,7 @@ def device_agreement(float_dp: DevicePredictor, quant_dps: "DevicePredictor | di
             f_gt.append(metrics.mask_iou(mf, gt, ignore))
             for name, q in qs.items():
                 mq = best_mask(q.predict(**kw))
-                agree[name].append(mask_iou(mf, mq))
+                agree[name].append(metrics.agreement_iou(mf, mq))
                 q_gt[name].append(metrics.mask_iou(mq, gt, ignore))
     if not f_gt:
         raise ValueError("device_agreement: no objects to compare")

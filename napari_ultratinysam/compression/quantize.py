@@ -27,6 +27,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 import torch
 
+from ..evaluation.metrics import agreement_iou
 from ..transforms import geometry_for, letterbox, letterbox_masks, to_rgb_uint8
 from .deploy_graph import BakedPrompt, DeployGraph, to_graph_input
 
@@ -555,11 +556,6 @@ class QuantizedOnnxRunner:
         return logits_to_image(logits[k], geo)[0].numpy() > 0, float(iou[k])
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    union = np.logical_or(a, b).sum()
-    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
-
-
 def mask_agreement(graph: DeployGraph, runner: QuantizedOnnxRunner,
                    images: Iterable[np.ndarray | CalibrationSample]) -> dict:
     """Mean IoU between the float deploy graph's masks (logits > 0) and the quantized ONNX's, per output token
@@ -573,9 +569,9 @@ def mask_agreement(graph: DeployGraph, runner: QuantizedOnnxRunner,
             f = [o.numpy() for o in graph(torch.from_numpy(x))]
         q = runner.run(x)
         fm, qm = f[0][0] > 0, q[0][0] > 0
-        per_token.append(np.mean([_iou(fm[k], qm[k]) for k in range(fm.shape[0])]))
+        per_token.append(np.mean([agreement_iou(fm[k], qm[k]) for k in range(fm.shape[0])]))
         kf, kq = int(np.argmax(f[1][0])), int(np.argmax(q[1][0]))
-        chosen.append(_iou(fm[kf], qm[kq]))
+        chosen.append(agreement_iou(fm[kf], qm[kq]))
         same_choice.append(kf == kq)
         iou_err.append(float(np.abs(f[1][0] - q[1][0]).mean()))
     if not per_token:

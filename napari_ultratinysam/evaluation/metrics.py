@@ -50,6 +50,12 @@ def iou_matrix(preds: np.ndarray, gts: np.ndarray, ignore: np.ndarray | None = N
     return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
 
 
+def agreement_iou(a: np.ndarray, b: np.ndarray) -> float:
+    """IoU of two predicted (H, W) masks, for agreement between models: 1.0 when both are empty (they agree)."""
+    union = np.count_nonzero(np.logical_or(a, b))
+    return 1.0 if union == 0 else float(np.count_nonzero(np.logical_and(a, b)) / union)
+
+
 def mask_iou(pred: np.ndarray, gt: np.ndarray, ignore: np.ndarray | None = None) -> float:
     """IoU of two (H, W) masks, ``ignore`` pixels excluded; 0.0 when the union is empty."""
     p, g = np.asarray(pred), np.asarray(gt)

@@ -44,20 +44,20 @@ def _ignore_of(item: AnnotatedImage) -> np.ndarray | None:
 def _best(result: Any, hw: tuple[int, int], where: str) -> tuple[np.ndarray, float, np.ndarray | None]:
     """(best mask (H, W) bool, its predicted IoU, its low-res logits or None) from a predictor result."""
     scores = np.asarray(result.scores, dtype=np.float64).reshape(-1)
+    k = int(np.argmax(scores)) if len(scores) else 0
     if callable(getattr(result, "mask", None)) and len(scores):  # our Prediction: upsample the best one only
-        k = int(np.argmax(scores))
         masks = np.asarray(result.mask(k))[None]
-        ok, pick = masks.shape[1:] == tuple(hw), 0
+        ok, mask = masks.shape[1:] == tuple(hw), masks[0]
     else:
         masks = np.asarray(result.masks)
-        ok = masks.ndim == 3 and masks.shape[1:] == tuple(hw) and len(masks) == len(scores) and len(masks) > 0
-        k = pick = int(np.argmax(scores)) if ok else 0
-    if not ok or len(scores) == 0:
+        ok = masks.ndim == 3 and masks.shape[1:] == tuple(hw) and len(masks) == len(scores) > 0
+        mask = masks[k] if ok else None
+    if not ok:
         raise ValueError(f"predictor: {where}: expected masks (K, {hw[0]}, {hw[1]}) with K = len(scores) >= 1, "
                          f"got masks {masks.shape} and {len(scores)} scores")
     lowres = getattr(result, "lowres", None)
     low = None if lowres is None else np.asarray(lowres, dtype=np.float32)[k]
-    return masks[pick].astype(bool), float(scores[k]), low
+    return mask.astype(bool), float(scores[k]), low
 
 
 def _limit(n: int, max_n: int | None) -> int:

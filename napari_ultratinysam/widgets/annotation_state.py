@@ -90,12 +90,6 @@ class Prompt:
                 box = clip_box(box, image_hw)
         return cls(xy, lab, box)
 
-    def with_point(self, x: float, y: float, positive: bool = True) -> "Prompt":
-        """This prompt plus one point at image pixel (x, y)."""
-        pts = np.concatenate([np.asarray(self.points, np.float32).reshape(-1, 2), [[x, y]]]).astype(np.float32)
-        lab = np.concatenate([np.asarray(self.labels, np.int64).reshape(-1), [int(bool(positive))]])
-        return Prompt(pts, lab, self.box)
-
     def predictor_kwargs(self) -> dict:
         return {
             "points": self.points if len(self.points) else None,
@@ -108,7 +102,8 @@ class Candidates:
     """The masks of one prediction, best-scored first, with a cursor for multimask cycling.
 
     Built from full masks (K, H, W), or from a predictor result whose ``mask(i)`` makes candidate ``i`` on demand
-    (our :class:`~napari_ultratinysam.predictor.Prediction`): then only the masks actually shown are upsampled.
+    (our :class:`~napari_ultratinysam.predictor.Prediction`, which keeps each mask it made): then only the masks
+    actually shown are upsampled.
     """
 
     def __init__(self, masks: np.ndarray | None, scores: np.ndarray, lowres: np.ndarray | None = None,
@@ -129,7 +124,6 @@ class Candidates:
             inner = get_mask
             get_mask = lambda i: np.asarray(inner(int(order[i])), dtype=bool)  # noqa: E731
         self._get = get_mask
-        self._cache: dict[int, np.ndarray] = {}
         self.scores = scores[order]
         self.lowres = None if lowres is None else np.asarray(lowres, dtype=np.float32)[order]
         self.index = 0
@@ -149,10 +143,7 @@ class Candidates:
         return self.index
 
     def mask_at(self, i: int) -> np.ndarray:
-        m = self._cache.get(i)
-        if m is None:
-            m = self._cache[i] = self._get(i)
-        return m
+        return self._get(i)
 
     @property
     def masks(self) -> np.ndarray:
@@ -574,11 +565,6 @@ def load_device_predictor(path: str):
     from ..compression.device_predictor import DevicePredictor
 
     return DevicePredictor.from_quantized_onnx(path)
-
-
-def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
-    union = int(np.count_nonzero(a | b))
-    return float(np.count_nonzero(a & b) / union) if union else 1.0
 
 
 class PredictorSession:

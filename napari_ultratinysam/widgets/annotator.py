@@ -33,6 +33,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ..evaluation.metrics import agreement_iou
 from .annotation_state import (
     BACKENDS,
     CAMVID_CLASSES,
@@ -46,7 +47,6 @@ from .annotation_state import (
     inside,
     load_device_predictor,
     load_predictor,
-    mask_iou,
 )
 from .workers import LatestRequestWorker
 
@@ -472,7 +472,7 @@ class AnnotatorWidget(QWidget):
             text = f"IMX500 (quantized): score {score:.3f}, {int(mask.sum())} px"
             c = self.candidates
             if c is not None and self.candidates_plane == plane:
-                text += f", IoU with the float mask {mask_iou(mask, c.mask):.3f}"
+                text += f", IoU with the float mask {agreement_iou(mask, c.mask):.3f}"
             self.device_label.setText(text)
             self.device_updated.emit(int(mask.sum()))
 
@@ -868,8 +868,8 @@ class AnnotatorWidget(QWidget):
                 rect = rects[-1]
         return Prompt.from_layers(pts, lab == 1, rect, image_hw=self.spatial_shape()[-2:])
 
-    def _request_preview(self, refine: bool, prompt: Prompt | None = None) -> int | None:
-        prompt = self._prompt() if prompt is None else prompt
+    def _request_preview(self, refine: bool) -> int | None:
+        prompt = self._prompt()
         if prompt.empty:
             self.worker.cancel("preview")
             self._clear_preview()

@@ -12,7 +12,8 @@ from PIL import Image
 
 from napari_ultratinysam import cli
 from napari_ultratinysam.compression.deploy_graph import make_prompt
-from napari_ultratinysam.compression.device_predictor import DevicePredictor, Roi, device_agreement, mask_iou
+from napari_ultratinysam.compression.device_predictor import DevicePredictor, Roi, device_agreement
+from napari_ultratinysam.evaluation.metrics import agreement_iou
 
 from .conftest import needs_mct
 
@@ -158,7 +159,7 @@ def test_float_graph_equals_the_float_predictor_on_a_full_frame_roi(tiny_model):
     assert np.allclose(r.scores, rr.scores, atol=1e-3)
     assert np.allclose(r.lowres, rr.lowres, atol=1e-3)
     for a, b in zip(r.masks, rr.masks):
-        assert mask_iou(a, b) > 0.99 or (a ^ b).sum() <= 4
+        assert agreement_iou(a, b) > 0.99 or (a ^ b).sum() <= 4
 
 
 # --------------------------------------------------------------------------------------------------- quantized

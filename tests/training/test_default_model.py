@@ -19,7 +19,8 @@ def _iou(a, b):
     return float((a & b).sum() / max(1, (a | b).sum()))
 
 
-def _one_click_ious(image_file: str, ids_file: str) -> list[float]:
+def _sample_ious(image_file: str, ids_file: str, prompt: str) -> list[float]:
+    """IoU with its stored mask for each object of a sample, prompted by one interior click or by its box."""
     from napari_ultratinysam.predictor import Predictor
 
     image = np.array(Image.open(SAMPLES / image_file).convert("RGB"))
@@ -29,10 +30,17 @@ def _one_click_ious(image_file: str, ids_file: str) -> list[float]:
     out = []
     for v in [v for v in np.unique(ids) if v != 0]:
         gt = ids == v
-        pt = prompts.interior_point(gt)
-        r = p.predict(points=pt[None], labels=np.array([1]))
-        out.append(_iou(r.masks[0], gt))
+        if prompt == "click":
+            r = p.predict(points=prompts.interior_point(gt)[None], labels=np.array([1]))
+        else:
+            ys, xs = np.nonzero(gt)
+            r = p.predict(box=[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+        out.append(_iou(r.mask(0), gt))
     return out
+
+
+def _one_click_ious(image_file: str, ids_file: str) -> list[float]:
+    return _sample_ious(image_file, ids_file, "click")
 
 
 def test_default_checkpoint_is_small_and_loads():
@@ -40,21 +48,6 @@ def test_default_checkpoint_is_small_and_loads():
     cfg, sd, extra = read_checkpoint(DEFAULT_CHECKPOINT)
     assert cfg.image_size == 128 and len(sd) > 100
     assert "source" in extra
-
-
-def _box_ious(image_file: str, ids_file: str) -> list[float]:
-    from napari_ultratinysam.predictor import Predictor
-
-    image = np.array(Image.open(SAMPLES / image_file).convert("RGB"))
-    ids = np.array(Image.open(SAMPLES / ids_file))
-    p = Predictor.from_default()
-    p.set_image(image)
-    out = []
-    for v in [v for v in np.unique(ids) if v != 0]:
-        ys, xs = np.nonzero(ids == v)
-        r = p.predict(box=[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
-        out.append(_iou(r.mask(0), ids == v))
-    return out
 
 
 def test_one_click_on_a_known_sample_object():
@@ -67,7 +60,7 @@ def test_one_click_on_a_known_sample_object():
 
 def test_box_on_every_coin():
     """A box around each of the 24 coins gives its mask (measured: mean IoU 0.87)."""
-    coins = _box_ious("coins.png", "coins_instances.png")
+    coins = _sample_ious("coins.png", "coins_instances.png", "box")
     assert len(coins) == 24 and np.median(coins) >= 0.75, coins
 
 
