@@ -45,6 +45,10 @@ def ours(threads: int, n_enc: int, n_dec: int, rows: list, image_hw=(1024, 1024)
     backends = [TorchBackend(model, threads=threads), OnnxBackend(folder, threads=threads)]
     if threads == 1:
         backends.append(OnnxBackend(int8_folder(model), threads=threads))
+        if bf16_supported():
+            from napari_ultratinysam.runtime_openvino import OpenVinoBackend
+
+            backends.append(OpenVinoBackend(folder, threads=threads, precision="bf16"))
     for be in backends:
         enc = timeit(lambda: be.encode(x), n_enc)
         feats = be.encode(x)
@@ -54,7 +58,7 @@ def ours(threads: int, n_enc: int, n_dec: int, rows: list, image_hw=(1024, 1024)
         pred = Predictor(be, zoom_refine=False)
         pred.set_image(img)
         click = timeit(lambda: pred.predict(points=[[512, 512]]).mask(0), n_dec)  # best mask at 1024x1024
-        name = be.name if be.name == "torch" else f"{be.name} {be.precision}"
+        name = be.name if be.name == "torch" else f"{'onnxruntime' if be.name == 'onnx' else be.name} {be.precision}"
         if threads == 1:
             lowres = timeit(lambda: pred.predict(points=[[512, 512]]), n_dec)  # masks are made on demand
             r = pred.predict(points=[[512, 512]])
@@ -78,22 +82,26 @@ def int8_folder(model) -> Path:
     return int8_folder_for_model(model)
 
 
-def int8_agreement(max_images: int | None = None) -> str:
-    """Mean IoU between int8 and float masks (best-scored mask, default Predictor settings) for one click at
-    the interior point of each CamVid val object of >= 150 px at 128x128 (the paper's size filter)."""
-    import json
+def bf16_supported() -> bool:
+    from napari_ultratinysam.runtime_quant import choose_precision
 
-    from napari_ultratinysam.checkpoints import DEFAULT_CHECKPOINT
+    try:
+        return choose_precision("bf16") == "bf16"
+    except ValueError:
+        return False
+
+
+CAMVID = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "camvid"
+
+
+def mask_agreement(fp, qp, max_images: int | None) -> np.ndarray:
+    """IoU between the best-scored masks of two predictors (default settings) for one click at the interior
+    point of each CamVid val object of >= 150 px at 128x128 (the paper's size filter)."""
     from napari_ultratinysam.data.readers import read_dataset
-    from napari_ultratinysam.predictor import Predictor
+    from napari_ultratinysam.evaluation.metrics import agreement_iou
     from napari_ultratinysam.prompts import interior_point
 
-    root = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "camvid"
-    if not root.is_dir() or not DEFAULT_CHECKPOINT.exists():
-        return "- int8 vs float agreement: not measured (CamVid or the shipped weights are absent)"
-    q = int8_folder(None)
-    fp, qp = Predictor.from_default(backend="onnx"), Predictor.from_onnx(q)
-    ds = read_dataset(root, split="val", min_area=2110)  # 480x360 images: 2110 px = 150 px at 128x128
+    ds = read_dataset(CAMVID, split="val", min_area=2110)  # 480x360 images: 2110 px = 150 px at 128x128
     ious = []
     for i in range(len(ds) if max_images is None else min(max_images, len(ds))):
         d = ds[i]
@@ -101,18 +109,50 @@ def int8_agreement(max_images: int | None = None) -> str:
         qp.set_image(d.image)
         for m in d.masks:
             pt = [interior_point(m)]
-            a, b = fp.predict(points=pt).masks[0], qp.predict(points=pt).masks[0]
-            u = np.logical_or(a, b).sum()
-            ious.append(1.0 if u == 0 else np.logical_and(a, b).sum() / u)
-    ious = np.asarray(ious)
+            ious.append(agreement_iou(fp.predict(points=pt).mask(0), qp.predict(points=pt).mask(0)))
+    return np.asarray(ious)
+
+
+def _agreement_line(what: str, ious: np.ndarray, max_images: int | None) -> str:
+    return (f"- {what}: mean mask IoU {ious.mean():.4f} (median {np.median(ious):.4f}, "
+            f"{np.mean(ious < 0.9) * 100:.1f} % of clicks below 0.9) over {len(ious)} CamVid val objects "
+            f"({'first ' + str(max_images) + ' images' if max_images else 'all images'}, >= 150 px at 128x128), "
+            "one click at each object's interior point")
+
+
+def bf16_agreement(max_images: int | None = None) -> str:
+    """The same as int8_agreement for OpenVINO bf16 (encoder and decoder) against onnxruntime float."""
+    from napari_ultratinysam.checkpoints import DEFAULT_CHECKPOINT
+    from napari_ultratinysam.predictor import Predictor
+
+    if not bf16_supported():
+        return "- bf16 vs float agreement: not measured (no bf16 on this CPU, or openvino is not installed)"
+    if not CAMVID.is_dir() or not DEFAULT_CHECKPOINT.exists():
+        return "- bf16 vs float agreement: not measured (CamVid or the shipped weights are absent)"
+    ious = mask_agreement(Predictor.from_default(backend="onnx"),
+                          Predictor.from_default(backend="onnx", precision="bf16"), max_images)
+    return _agreement_line("bf16 vs float (OpenVINO bf16 encoder and decoder vs onnxruntime float, shipped weights)",
+                           ious, max_images)
+
+
+def int8_agreement(max_images: int | None = None) -> str:
+    """Mean IoU between int8 and float masks (best-scored mask, default Predictor settings) for one click at
+    the interior point of each CamVid val object of >= 150 px at 128x128 (the paper's size filter)."""
+    import json
+
+    from napari_ultratinysam.checkpoints import DEFAULT_CHECKPOINT
+    from napari_ultratinysam.predictor import Predictor
+
+    if not CAMVID.is_dir() or not DEFAULT_CHECKPOINT.exists():
+        return "- int8 vs float agreement: not measured (CamVid or the shipped weights are absent)"
+    q = int8_folder(None)
+    ious = mask_agreement(Predictor.from_default(backend="onnx"), Predictor.from_onnx(q), max_images)
     enc = json.loads((q / "config.json").read_text())["quantization"]["encoder"]
     enc_txt = ("int8 encoder" if enc["int8"] else
                f"float encoder: the static int8 encoder agreed only {enc['int8_mask_iou_vs_float']:.3f} mask IoU "
                f"on the calibration clicks, below the {enc['min_iou']} gate")
-    return (f"- int8 vs float (onnxruntime, shipped weights; int8 decoder, {enc_txt}): mean mask IoU "
-            f"{ious.mean():.4f} (median {np.median(ious):.4f}, {np.mean(ious < 0.9) * 100:.1f} % of clicks below 0.9) "
-            f"over {len(ious)} CamVid val objects ({'first ' + str(max_images) + ' images' if max_images else 'all images'}"
-            f", >= 150 px at 128x128), one click at each object's interior point")
+    return _agreement_line(f"int8 vs float (onnxruntime, shipped weights; int8 decoder, {enc_txt})", ious,
+                           max_images)
 
 
 def sam_family(name: str, threads: int, n_enc: int, n_dec: int, rows: list):
@@ -174,7 +214,7 @@ def main(argv=None) -> int:
             ratio.append(f"- vs {peer}: encoder {pe / best_ours[3]:.0f}x faster ({best_ours[3]:.2f} ms vs {pe:.0f} ms), "
                          f"decoder per click {pd / best_dec[5]:.1f}x faster ({best_dec[5]:.2f} ms vs {pd:.1f} ms) "
                          f"(best configuration of each, same run)")
-    agreement = int8_agreement(20 if args.quick else None)
+    agreement = int8_agreement(20 if args.quick else None) + "\n" + bf16_agreement(20 if args.quick else None)
     if BREAKDOWN:
         ratio += ["", "Where a click's milliseconds go (UltraTinySAM, 1 thread, one click at the centre of the "
                   "1024x1024 image, p50 ms; the napari side is in the GUI latency section):", "",

@@ -36,10 +36,11 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--checkpoint", type=Path, help="a .safetensors checkpoint (default: the shipped weights)")
     g.add_argument("--onnx", type=Path, help="a folder with encoder.onnx + decoder.onnx (utsam export-onnx)")
     p.add_argument("--backend", choices=["torch", "onnx"], default=None,
-                   help="inference backend (default torch; onnx when --precision is int8 or auto)")
+                   help="inference backend (default torch; onnx when --precision is int8, bf16 or auto)")
     p.add_argument("--threads", type=int, default=1, help="intra-op threads (default 1)")
-    p.add_argument("--precision", choices=["auto", "float", "int8"], default="float",
-                   help="onnx backend: int8 graphs (made once and cached), auto = int8 where the CPU has AVX2")
+    p.add_argument("--precision", choices=["auto", "float", "int8", "bf16"], default="float",
+                   help="onnx backend: int8 graphs (made once and cached, onnxruntime), bf16 (OpenVINO, CPUs with "
+                        "AMX / AVX512-BF16); auto = bf16 where the CPU has AMX, else int8 where it has AVX2")
 
 
 def make_predictor(args, **kw):
@@ -48,10 +49,10 @@ def make_predictor(args, **kw):
     precision = getattr(args, "precision", "float")
     backend = args.backend or ("torch" if precision == "float" else "onnx")
     if getattr(args, "onnx", None):
-        if precision != "float":
-            raise ValueError("--precision does not apply to --onnx: the folder runs at the precision it was "
-                             "exported with (utsam export-onnx --precision int8)")
-        return Predictor.from_onnx(args.onnx, threads=args.threads, **kw)
+        if precision not in ("float", "bf16"):
+            raise ValueError(f"--precision {precision} does not apply to --onnx: the folder runs at the precision it "
+                             "was exported with (utsam export-onnx --precision int8), or a float folder in bf16")
+        return Predictor.from_onnx(args.onnx, threads=args.threads, precision=precision, **kw)
     if backend == "torch" and precision != "float":
         raise ValueError(f"--precision {precision} needs --backend onnx")
     if getattr(args, "checkpoint", None):

@@ -108,8 +108,9 @@ class Predictor:
     @classmethod
     def from_model(cls, model, backend: str = "torch", threads: int = 1, precision: str = "float",
                    _int8_folder=None, **kw) -> "Predictor":
-        """``precision`` ("float", "int8", "auto"; onnx backend only): see runtime_quant.choose_precision. The int8
-        graphs are made once per model and cached; if that fails, a warning is logged and float is used."""
+        """``precision`` ("float", "int8", "bf16", "auto"; onnx backend only): see runtime_quant.choose_precision.
+        The int8 graphs are made once per model and cached; bf16 runs the float graphs on OpenVINO
+        (runtime_openvino). If either fails to load, a warning is logged and onnxruntime float is used."""
         from .runtime_quant import choose_precision
 
         if backend not in ("torch", "onnx"):
@@ -122,7 +123,22 @@ class Predictor:
             return cls(TorchBackend(model, threads=threads), **kw)
         from .runtime import OnnxBackend, export_onnx
 
-        if choose_precision(precision) == "int8":
+        chosen = choose_precision(precision)
+        if chosen == "bf16":
+            import logging
+            import tempfile
+
+            from .runtime_openvino import OpenVinoBackend
+
+            folder = Path(tempfile.mkdtemp(prefix="utsam-onnx-"))
+            export_onnx(model, folder)
+            try:
+                return cls(OpenVinoBackend(folder, threads=threads, precision="bf16"), **kw)
+            except Exception as e:  # noqa: BLE001 - an optimisation: never fail a load because of it
+                logging.getLogger(__name__).warning("OpenVINO bf16 failed to load (%s); using float ONNX",
+                                                    str(e).splitlines()[0] if str(e) else type(e).__name__)
+                return cls(OnnxBackend(folder, threads=threads), **kw)
+        if chosen == "int8":
             import logging
 
             from .runtime_quant import int8_folder_for_model
@@ -160,7 +176,16 @@ class Predictor:
         return cls.from_checkpoint(DEFAULT_CHECKPOINT, backend=backend, precision=precision, **kw)
 
     @classmethod
-    def from_onnx(cls, folder: str | Path, threads: int = 1, **kw) -> "Predictor":
+    def from_onnx(cls, folder: str | Path, threads: int = 1, precision: str = "float", **kw) -> "Predictor":
+        """An ``utsam export-onnx`` folder on onnxruntime, or (``precision="bf16"``, a float folder) on OpenVINO."""
+        if precision == "bf16":
+            from .runtime_openvino import OpenVinoBackend
+            from .runtime_quant import choose_precision
+
+            choose_precision("bf16")  # a clear error where the CPU or the openvino package cannot run it
+            return cls(OpenVinoBackend(folder, threads=threads, precision="bf16"), **kw)
+        if precision != "float":
+            raise ValueError(f"precision {precision!r}: an ONNX folder runs as exported ('float') or in 'bf16'")
         from .runtime import OnnxBackend
 
         return cls(OnnxBackend(folder, threads=threads), **kw)

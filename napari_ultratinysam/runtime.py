@@ -61,20 +61,25 @@ def _session(path: Path, threads: int):
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
+def read_onnx_folder(folder: Path) -> tuple[ModelConfig, str]:
+    """Check an ONNX model folder and read its config.json -> (model config, precision of its graphs)."""
+    for f in ("encoder.onnx", "decoder.onnx", "config.json"):
+        if not (folder / f).is_file():
+            raise FileNotFoundError(f"ONNX model folder {folder}: {f} is missing (write it with utsam export-onnx)")
+    try:
+        meta = json.loads((folder / "config.json").read_text())
+        # precision: "int8" for runtime_quant folders
+        return from_dict(ModelConfig, meta["model"]), str(meta.get("precision", "float"))
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise ValueError(f"ONNX model folder {folder}: config.json is not valid ({e})") from None
+
+
 class OnnxBackend:
     name = "onnx"
 
     def __init__(self, folder: str | Path, threads: int = 1):
         folder = Path(folder)
-        for f in ("encoder.onnx", "decoder.onnx", "config.json"):
-            if not (folder / f).is_file():
-                raise FileNotFoundError(f"ONNX model folder {folder}: {f} is missing (write it with utsam export-onnx)")
-        try:
-            meta = json.loads((folder / "config.json").read_text())
-            self.cfg = from_dict(ModelConfig, meta["model"])
-            self.precision = str(meta.get("precision", "float"))  # "int8" for runtime_quant folders
-        except (ValueError, KeyError, TypeError, AttributeError) as e:
-            raise ValueError(f"ONNX model folder {folder}: config.json is not valid ({e})") from None
+        self.cfg, self.precision = read_onnx_folder(folder)
         self.folder = folder
         self.image_size = self.cfg.image_size
         self.lowres_size = self.cfg.image_size // 4

@@ -22,9 +22,8 @@ What the int8 folder holds (measured on an AVX2-only AMD EPYC, 1 thread, shipped
   calibration, leaving the stem / neck / depthwise convs in float: none reached 0.98, partial quantization was
   also slower), so the shipped model's int8 folder has a float encoder.
 
-bf16: not implemented. This CPU has no avx512_bf16 / amx_bf16 and onnxruntime's CPU provider has no bf16
-Conv/MatMul kernels to use on one that has them, so ``choose_precision("bf16")`` always raises ValueError (with
-a message saying which of the two reasons applies).
+bf16: onnxruntime's CPU provider has no bf16 Conv/MatMul kernels, so bf16 runs on OpenVINO
+(:mod:`runtime_openvino`), chosen by :func:`choose_precision` where the CPU has bf16 units.
 """
 from __future__ import annotations
 
@@ -63,25 +62,35 @@ def cpu_capabilities(cpuinfo: str | Path = "/proc/cpuinfo") -> dict:
     return {f: f in flags for f in _CPU_FLAGS}
 
 
-def choose_precision(requested: str, caps: dict | None = None) -> str:
-    """Resolve a requested precision to the one to run: "float" or "int8".
+def choose_precision(requested: str, caps: dict | None = None, openvino: bool | None = None) -> str:
+    """Resolve a requested precision to the one to run: "float", "int8" or "bf16".
 
     * "float", "int8": as asked ("int8" runs everywhere onnxruntime does; it is only faster with SIMD int8).
-    * "auto": "int8" when the CPU has at least AVX2 (AVX2 has int8 dot products; AVX512-VNNI / AVX-VNNI / AMX
-      only make int8 faster), else "float". Measured on an AVX2-only CPU: the int8 decoder is ~30 % faster per
-      click at mask IoU >= 0.998 against float. Whether the int8 ENCODER is used is decided when the folder is
-      made (see :func:`quantize_onnx_folder`).
-    * "bf16": ValueError, always (not implemented; see the module docstring).
+    * "bf16": the OpenVINO backend in bf16 (runtime_openvino); ValueError, with the reason, where the CPU has no
+      avx512_bf16 / amx_bf16 or the openvino package is missing.
+    * "auto": "bf16" where the CPU has AMX bf16 tiles and openvino is installed (measured: encoder ~2x, decoder
+      ~1.3x faster than onnxruntime float, masks agree with float at mean IoU >= 0.98, BENCHMARKS.md); else
+      "int8" when the CPU has at least AVX2 (AVX2 has int8 dot products; AVX512-VNNI / AVX-VNNI / AMX only make
+      int8 faster); else "float". Measured on an AVX2-only CPU: the int8 decoder is ~30 % faster per click at
+      mask IoU >= 0.998 against float. Whether the int8 ENCODER is used is decided when the folder is made (see
+      :func:`quantize_onnx_folder`).
     """
     if requested not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {requested!r}")
     caps = cpu_capabilities() if caps is None else caps
+    if openvino is None:
+        from .runtime_openvino import openvino_available
+
+        openvino = openvino_available()
     if requested == "bf16":
         if not (caps.get("avx512_bf16") or caps.get("amx_bf16")):
             raise ValueError("precision 'bf16': this CPU has no avx512_bf16 or amx_bf16; use 'int8' or 'float'")
-        raise ValueError("precision 'bf16' is not implemented (onnxruntime's CPU provider has no bf16 kernels "
-                         "for this model); use 'int8' or 'float'")
+        if not openvino:
+            raise ValueError("precision 'bf16' runs on OpenVINO: pip install openvino (or use 'int8' or 'float')")
+        return "bf16"
     if requested == "auto":
+        if caps.get("amx_bf16") and openvino:
+            return "bf16"
         fast_int8 = any(caps.get(f) for f in ("avx2", "avx512_vnni", "avx_vnni", "amx_int8"))
         return "int8" if fast_int8 else "float"
     return requested

@@ -66,9 +66,14 @@ def test_choose_precision():
     assert rq.choose_precision("auto", NONE) == "float"
     assert rq.choose_precision("int8", NONE) == "int8" and rq.choose_precision("float", AVX2_ONLY) == "float"
     with pytest.raises(ValueError, match="no avx512_bf16"):
-        rq.choose_precision("bf16", AVX2_ONLY)
-    with pytest.raises(ValueError, match="not implemented"):
-        rq.choose_precision("bf16", {"avx512_bf16": True})
+        rq.choose_precision("bf16", AVX2_ONLY, openvino=True)
+    with pytest.raises(ValueError, match="pip install openvino"):
+        rq.choose_precision("bf16", {"avx512_bf16": True}, openvino=False)
+    assert rq.choose_precision("bf16", {"avx512_bf16": True}, openvino=True) == "bf16"
+    amx = {**AVX2_ONLY, "amx_bf16": True, "avx512_bf16": True}
+    assert rq.choose_precision("auto", amx, openvino=True) == "bf16"
+    assert rq.choose_precision("auto", amx, openvino=False) == "int8"  # falls back without the package
+    assert rq.choose_precision("auto", AVX2_ONLY, openvino=True) == "int8"
     with pytest.raises(ValueError, match="precision must be one of"):
         rq.choose_precision("fp8")
 
@@ -182,7 +187,7 @@ def tiny_ckpt(tmp_path, tiny_model):
     return save_checkpoint(tiny_model, tmp_path / "tiny.safetensors")
 
 
-def test_cli_segment_precision(tmp_path, tiny_ckpt, cache_dir, capsys):
+def test_cli_segment_precision(tmp_path, tiny_ckpt, cache_dir, capsys, monkeypatch):
     img = tmp_path / "img.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (60, 90, 3), dtype=np.uint8)).save(img)
     out = tmp_path / "m.png"
@@ -195,8 +200,14 @@ def test_cli_segment_precision(tmp_path, tiny_ckpt, cache_dir, capsys):
                  "--backend", "torch", "-o", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "needs --backend onnx" in err[0]
-    with pytest.raises(SystemExit):
-        main(["segment", str(img), "--point", "40,30", "--precision", "bf16", "-o", str(out)])
+    with pytest.raises(SystemExit):  # argparse: not a precision
+        main(["segment", str(img), "--point", "40,30", "--precision", "fp8", "-o", str(out)])
+    capsys.readouterr()
+    monkeypatch.setattr(rq, "cpu_capabilities", lambda *a: dict(AVX2_ONLY))
+    assert main(["segment", str(img), "--point", "40,30", "--checkpoint", str(tiny_ckpt), "--precision", "bf16",
+                 "-o", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no avx512_bf16" in err[0]
 
 
 def test_cli_export_onnx_int8(tmp_path, tiny_ckpt, capsys):

@@ -138,6 +138,21 @@ class MaskDecoder(nn.Module):
             toks = [self.obj_score_token.weight] + toks
         return torch.cat(toks, dim=0)
 
+    def _hypernetworks(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, K, C) mask tokens -> (B, K, C/8): token k through its own MLP, all K in one batched product per layer
+        (the same arithmetic as K separate MLPs, in 3 graph nodes per layer instead of 3K; the stacked weights are
+        constants in an exported graph)."""
+        mlps = self.output_hypernetworks_mlps
+        x = tokens
+        n = len(mlps[0].layers)
+        for j in range(n):
+            w = torch.stack([m.layers[j].weight for m in mlps])  # (K, out, in)
+            b = torch.stack([m.layers[j].bias for m in mlps])  # (K, out)
+            x = torch.einsum("bki,koi->bko", x, w) + b
+            if j < n - 1:
+                x = F.relu(x)
+        return x
+
     def forward(self, image_embeddings: torch.Tensor, image_pe: torch.Tensor, sparse: torch.Tensor,
                 dense: torch.Tensor, high_res: tuple[torch.Tensor, torch.Tensor] | None = None):
         """-> (mask logits (B, 4, 4h, 4w), iou (B, 4), object-score logits (B, 1))."""
@@ -158,8 +173,7 @@ class MaskDecoder(nn.Module):
             up = act2(dc2(up) + feat_s0)
         else:
             up = self.output_upscaling(src)
-        hyper = torch.stack([mlp(mask_tokens_out[:, i]) for i, mlp in enumerate(self.output_hypernetworks_mlps)],
-                            dim=1)
+        hyper = self._hypernetworks(mask_tokens_out)
         bb, cc, hh, ww = up.shape
         masks = (hyper @ up.reshape(bb, cc, hh * ww)).reshape(bb, -1, hh, ww)
         iou = self.iou_prediction_head(iou_token_out)

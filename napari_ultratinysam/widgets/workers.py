@@ -48,6 +48,7 @@ class Reply:
     submitted: float = 0.0
     started: float = 0.0
     finished: float = 0.0
+    received: float = 0.0  # when the GUI thread took the reply (finished -> received: Qt's queued signal)
 
 
 class _GroupState:
@@ -189,6 +190,7 @@ class LatestRequestWorker(QObject):
         return strict and g.newest > seq
 
     def _deliver(self, reply: Reply) -> None:  # GUI thread
+        reply.received = time.perf_counter()
         req = self._requests.pop(reply.seq, None)
         with self._cond:
             stale = (req is None or isinstance(reply.error, _Stale)

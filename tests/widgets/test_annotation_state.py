@@ -13,6 +13,7 @@ from napari_ultratinysam.widgets.annotation_state import (
     box_from_rect,
     class_color_dict,
     clip_box,
+    default_backend,
     inside,
     load_predictor,
     mask_bbox,
@@ -227,8 +228,8 @@ class _Factories:
         return "P"
 
     @classmethod
-    def from_onnx(cls, folder):
-        cls.calls.append(("onnx", folder))
+    def from_onnx(cls, folder, precision="float"):
+        cls.calls.append(("onnx", folder) + ((precision,) if precision != "float" else ()))
         return "P"
 
 
@@ -240,14 +241,26 @@ def test_load_predictor_dispatch():
     load_predictor(PredictorSpec("onnx", "/d", "onnxruntime"), _Factories)
     load_predictor(PredictorSpec("default", "", "onnxruntime int8"), _Factories)
     load_predictor(PredictorSpec("checkpoint", "/x.safetensors", "onnxruntime int8"), _Factories)
+    load_predictor(PredictorSpec("default", "", "openvino bf16"), _Factories)
+    load_predictor(PredictorSpec("onnx", "/d", "openvino bf16"), _Factories)
     assert _Factories.calls == [("default", "torch"), ("default", "onnx"), ("ckpt", "/x.safetensors", "torch"),
-                                ("onnx", "/d"), ("default", "onnx", "int8"), ("ckpt", "/x.safetensors", "onnx", "int8")]
+                                ("onnx", "/d"), ("default", "onnx", "int8"), ("ckpt", "/x.safetensors", "onnx", "int8"),
+                                ("default", "onnx", "bf16"), ("onnx", "/d", "bf16")]
     with pytest.raises(ValueError, match="choose a checkpoint"):
         load_predictor(PredictorSpec("checkpoint", "", "torch"), _Factories)
-    with pytest.raises(ValueError, match="onnxruntime backend"):
+    with pytest.raises(ValueError, match="onnxruntime or openvino bf16 backend"):
         load_predictor(PredictorSpec("onnx", "/d", "torch"), _Factories)
+    with pytest.raises(ValueError, match="onnxruntime or openvino bf16 backend"):
+        load_predictor(PredictorSpec("onnx", "/d", "onnxruntime int8"), _Factories)
     with pytest.raises(ValueError, match="backend"):
         load_predictor(PredictorSpec("default", "", "tf"), _Factories)
+
+
+def test_default_backend_from_capabilities():
+    assert default_backend({"avx2": True, "amx_bf16": True}, openvino=True) == "openvino bf16"
+    assert default_backend({"avx2": True, "amx_bf16": True}, openvino=False) == "onnxruntime"
+    assert default_backend({"avx2": True, "avx512_bf16": True}, openvino=True) == "onnxruntime"  # no AMX tiles
+    assert default_backend({}, openvino=True) == "onnxruntime"
 
 
 def test_predictor_session_embeds_once_per_key(fake_predictor):

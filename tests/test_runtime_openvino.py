@@ -1,0 +1,101 @@
+"""The OpenVINO backend: same outputs as onnxruntime on the same float ONNX pair (float32 exactly, bf16 closely),
+the static single-click decoder and the dynamic one agree, and bad input gets one clear error."""
+import json
+
+import numpy as np
+import pytest
+
+from napari_ultratinysam import runtime_quant as rq
+from napari_ultratinysam.predictor import Predictor
+from napari_ultratinysam.runtime import OnnxBackend, export_onnx
+
+pytest.importorskip("openvino")
+from napari_ultratinysam.runtime_openvino import OpenVinoBackend  # noqa: E402
+
+BF16_CPU = {"avx2": True, "avx512_bf16": True, "amx_bf16": True}
+
+
+@pytest.fixture(scope="module")
+def onnx_folder(tiny_model, tmp_path_factory):
+    return export_onnx(tiny_model, tmp_path_factory.mktemp("onnx"))
+
+
+def _prompts(rng, size):
+    yield np.array([[size * 0.4, size * 0.6]], np.float32), np.array([1.0], np.float32), None  # one click (+pad)
+    yield (rng.random((3, 2)) * size).astype(np.float32), np.array([1, 0, 1], np.float32), None
+    yield (np.array([[10.0, 12.0], [50.0, 40.0]], np.float32), np.array([2.0, 3.0], np.float32),
+           rng.standard_normal((size // 4, size // 4)).astype(np.float32))  # a box + a previous mask
+
+
+@pytest.mark.parametrize("precision,atol", [("float", 1e-3), ("bf16", 0.25)])
+def test_matches_onnxruntime(onnx_folder, precision, atol):
+    rng = np.random.default_rng(0)
+    ort, ov = OnnxBackend(onnx_folder), OpenVinoBackend(onnx_folder, precision=precision)
+    assert ov.precision == precision and ov.image_size == ort.image_size
+    x = rng.standard_normal((1, 3, ort.image_size, ort.image_size)).astype(np.float32)
+    fa, fb = ort.encode(x), ov.encode(x)
+    assert fa.keys() == fb.keys()
+    for k in fa:
+        assert fb[k].shape == fa[k].shape and np.abs(fb[k] - fa[k]).max() <= atol * max(1.0, np.abs(fa[k]).max())
+    for coords, labels, mask_in in _prompts(rng, ort.image_size):
+        pad = coords if mask_in is not None or labels[0] >= 2 else np.concatenate([coords, [[0.0, 0.0]]])
+        lab = labels if len(pad) == len(coords) else np.concatenate([labels, [-1.0]]).astype(np.float32)
+        la, ia, oa = ort.decode(fa, pad.astype(np.float32), lab, mask_in)
+        lb, ib, ob = ov.decode(fa, pad.astype(np.float32), lab, mask_in)  # the same features: decoder alone
+        assert lb.shape == la.shape and ib.shape == ia.shape
+        scale = max(1.0, np.abs(la).max())
+        assert np.abs(lb - la).max() <= atol * scale, len(pad)
+        assert np.abs(ib - ia).max() <= atol and abs(ob - oa) <= atol * max(1.0, abs(oa))
+        # sign agreement: the masks (logits > 0) are the same almost everywhere
+        assert np.mean((lb > 0) == (la > 0)) >= (0.999 if precision == "float" else 0.97)
+
+
+def test_static_and_dynamic_decoders_agree(onnx_folder):
+    ov = OpenVinoBackend(onnx_folder, precision="float")
+    x = np.random.default_rng(1).standard_normal((1, 3, ov.image_size, ov.image_size)).astype(np.float32)
+    f = ov.encode(x)
+    coords = np.array([[20.0, 30.0], [0.0, 0.0]], np.float32)
+    labels = np.array([1.0, -1.0], np.float32)
+    assert 2 in ov._dec_static  # the single-click shape is compiled statically
+    a = ov.decode(f, coords, labels, None)
+    static, ov._dec_static = ov._dec_static, {}
+    try:
+        b = ov.decode(f, coords, labels, None)  # the dynamic graph
+    finally:
+        ov._dec_static = static
+    assert np.abs(a[0] - b[0]).max() < 1e-4 and np.abs(a[1] - b[1]).max() < 1e-5
+
+
+def test_predictor_bf16(tiny_model, monkeypatch):
+    monkeypatch.setattr(rq, "cpu_capabilities", lambda *a: dict(BF16_CPU))
+    p = Predictor.from_model(tiny_model, backend="onnx", precision="bf16")
+    assert isinstance(p.backend, OpenVinoBackend) and p.backend.precision == "bf16"
+    img = np.random.default_rng(2).integers(0, 255, (50, 70, 3), dtype=np.uint8)
+    p.set_image(img)
+    r = p.predict(points=[[30, 20]])
+    assert r.masks.shape[1:] == (50, 70) and np.all((r.scores >= 0) & (r.scores <= 1))
+    assert Predictor.from_model(tiny_model, backend="onnx", precision="auto").backend.precision == "bf16"
+
+
+def test_bad_input(onnx_folder, tmp_path, monkeypatch):
+    with pytest.raises(ValueError, match="precision must be one of float, bf16"):
+        OpenVinoBackend(onnx_folder, precision="int8")
+    with pytest.raises(FileNotFoundError, match="encoder.onnx is missing"):
+        OpenVinoBackend(tmp_path)
+    q = tmp_path / "q"
+    q.mkdir()
+    for f in ("encoder.onnx", "decoder.onnx"):
+        (q / f).write_bytes((onnx_folder / f).read_bytes())
+    meta = json.loads((onnx_folder / "config.json").read_text())
+    (q / "config.json").write_text(json.dumps({**meta, "precision": "int8"}))
+    with pytest.raises(ValueError, match="holds int8 graphs"):
+        OpenVinoBackend(q)
+    (q / "config.json").write_text(json.dumps(meta))
+    (q / "decoder.onnx").write_bytes(b"not a graph")
+    with pytest.raises(ValueError, match="OpenVINO cannot load it"):
+        OpenVinoBackend(q)
+    monkeypatch.setattr(rq, "cpu_capabilities", lambda *a: {"avx2": True})
+    with pytest.raises(ValueError, match="no avx512_bf16"):
+        Predictor.from_onnx(onnx_folder, precision="bf16")
+    with pytest.raises(ValueError, match="an ONNX folder runs as exported"):
+        Predictor.from_onnx(onnx_folder, precision="int8")
