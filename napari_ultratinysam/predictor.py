@@ -43,6 +43,7 @@ class Prediction:
         self.object_score = float(object_score)
         self.zoomed = zoomed
         self.zoomable = False  # set by the predictor: zoom-in refinement would apply to this prompt
+        self.zoom_from: tuple | None = None  # set with zoomable: what Predictor.zoom_in needs (image key, crop, prompt)
         self._render = render
         self._masks: dict[int, np.ndarray] = {}
         if masks is not None:
@@ -256,9 +257,21 @@ class Predictor:
             bbox = self._positive_bbox(res, entry.geo)
             crop = None if bbox is None else self._zoom_crop(bbox, pts, bx)
             res.zoomable = crop is not None  # zoom-in refinement would apply (a caller may ask for it later)
+            if crop is not None:
+                res.zoom_from = (self._key, crop, pts, lab, bx, multimask)
             if zoom and crop is not None:
                 return self._zoom(res, crop, pts, lab, bx, multimask)
         return res
+
+    def zoom_in(self, first: Prediction) -> Prediction | None:
+        """Zoom-in refinement of a full-view result (``predict(..., zoom_refine=False)`` with ``zoomable`` True):
+        only the crop is encoded and decoded, the full-view decode is not repeated. None when ``first`` is not
+        zoomable or its image is no longer the current one."""
+        z = first.zoom_from
+        if z is None or z[0] != self._key or self._image is None:
+            return None
+        _, crop, pts, lab, bx, multimask = z
+        return self._zoom(first, crop, pts, lab, bx, multimask)
 
     def _encode_prompt(self, geo: Geometry, pts, lab, bx):
         coords = [geo.to_model(pts)] if len(pts) else []

@@ -130,6 +130,28 @@ def test_zoom_refine_crops_small_objects_in_big_images(rec):
     np.testing.assert_array_equal(r.masks[0], r.mask(0))
 
 
+def test_zoom_in_refines_a_first_result_without_decoding_it_again(rec):
+    p = Predictor(rec, zoom_refine=True)
+    img = np.zeros((1000, 1200, 3), np.uint8)
+    p.set_image(img)
+    full = p.predict(points=[[300, 200]], zoom_refine=False)  # the annotator's first stage
+    n_dec, n_enc = len(rec.decode_calls), rec.encode_calls
+    z = p.zoom_in(full)
+    assert z.zoomed and len(rec.decode_calls) == n_dec + 1 and rec.encode_calls == n_enc + 1  # the crop only
+    direct = p.predict(points=[[300, 200]])  # the same as zooming in one call
+    np.testing.assert_array_equal(z.masks, direct.masks)
+    np.testing.assert_array_equal(z.scores, direct.scores)
+    assert z.lowres is full.lowres  # the full-view logits stay the ones fed back
+    big = p.predict(points=[[600, 500]], zoom_refine=False)
+    assert big.zoomable and p.zoom_in(big).zoomed
+    p.set_image(np.ones((1000, 1200, 3), np.uint8))
+    assert p.zoom_in(big) is None  # another image is current now
+    small = np.zeros((2 * p.image_size, 2 * p.image_size, 3), np.uint8)
+    p.set_image(small)
+    r = p.predict(points=[[p.image_size // 2, p.image_size // 2]], zoom_refine=False)
+    assert not r.zoomable and p.zoom_in(r) is None  # small images are never zoomed
+
+
 def test_torch_and_onnx_backends_agree(paper_model):
     rng = np.random.default_rng(0)
     img = (rng.random((120, 200, 3)) * 255).astype(np.uint8)

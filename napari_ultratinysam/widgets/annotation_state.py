@@ -638,3 +638,15 @@ class PredictorSession:
         if hasattr(p, "zoom_refine"):
             p.zoom_refine = bool(self.zoom_refine if zoom_refine is None else (zoom_refine and self.zoom_refine))
         return p.predict(**prompt.predictor_kwargs(), mask_input=mask_input, multimask=multimask)
+
+    def zoom_in(self, key: Hashable, get_image: Callable[[], np.ndarray], prompt: Prompt, first,
+                mask_input: np.ndarray | None = None):
+        """The zoom-refined version of ``first`` (the full-view result of :meth:`predict` for ``prompt`` on
+        ``key``), or None when zooming does not apply. A predictor with ``zoom_in`` refines ``first`` without
+        decoding the full view again; others predict again with the session's zoom setting."""
+        p = self.ensure_predictor()
+        if hasattr(p, "zoom_in") and first is not None:
+            self.ensure_image(key, get_image)
+            return p.zoom_in(first)
+        r = self.predict(key, get_image, prompt, mask_input=mask_input)
+        return r if getattr(r, "zoomed", False) else None

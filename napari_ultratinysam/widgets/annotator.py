@@ -900,10 +900,11 @@ class AnnotatorWidget(QWidget):
         return bool(self.session.zoom_refine and size and max(self.spatial_shape()[-2:]) > 2 * size)
 
     def _submit_prediction(self, prompt: Prompt, mask_input, hover: bool, stage: str = "first",
-                           t_submit: float | None = None) -> int:
+                           t_submit: float | None = None, first=None) -> int:
         """Predict ``prompt`` on the worker and show it. On large images with zoom-in refinement on, in two stages:
         the full-view mask first (decoder only: shown within milliseconds), then the zoom-refined one (a crop
-        encoded at the model's resolution), which replaces it unless a newer prompt came in meanwhile."""
+        encoded at the model's resolution, from the ``first`` result: its decode is not repeated), which replaces
+        it unless a newer prompt came in meanwhile."""
         key, get, session, plane = self._embedding_key(), self._image_getter(), self.session, self._plane
         t_submit = time.perf_counter() if t_submit is None else t_submit
         two_stage = stage == "first" and self._zoom_may_apply()
@@ -912,16 +913,19 @@ class AnnotatorWidget(QWidget):
 
         def run():
             t0 = time.perf_counter()
-            r = session.predict(key, get, prompt, mask_input=mask_input, zoom_refine=zoom)
-            if stage == "refine" and not getattr(r, "zoomed", False):
-                return None, time.perf_counter() - t0, False  # zooming gained nothing: the first mask stays
+            if stage == "refine":
+                r = session.zoom_in(key, get, prompt, first, mask_input)
+                if r is None:
+                    return None, time.perf_counter() - t0, False, None  # zooming does not apply: the mask stays
+            else:
+                r = session.predict(key, get, prompt, mask_input=mask_input, zoom_refine=zoom)
             cands = Candidates.from_result(r)
             cands.mask  # noqa: B018 - the best mask is upsampled here, on the worker; others only when cycled to
             # the predictor says whether zooming would apply (an object small in the full view); unknown: try
-            return cands, time.perf_counter() - t0, bool(getattr(r, "zoomable", True))
+            return cands, time.perf_counter() - t0, bool(getattr(r, "zoomable", True)), r
 
         def done(res):
-            cands, dt, zoomable = res
+            cands, dt, zoomable, r = res
             if hover and not self._prompt().empty:
                 return  # a click arrived meanwhile: its own request will show
             if cands is not None:
@@ -936,7 +940,7 @@ class AnnotatorWidget(QWidget):
             self._timing[f"{what}_to_preview" if stage == "first" else f"{what}_to_refined"] = \
                 time.perf_counter() - t_submit
             if two_stage and zoomable:
-                self._submit_prediction(prompt, mask_input, hover, stage="refine", t_submit=t_submit)
+                self._submit_prediction(prompt, mask_input, hover, stage="refine", t_submit=t_submit, first=r)
 
         holder["seq"] = seq = self.worker.submit("preview", run, strict=not hover, on_done=done,
                                                  on_error=self._predict_error)

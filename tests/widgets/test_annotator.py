@@ -608,3 +608,39 @@ def test_two_stage_preview_on_large_images(annotator, qtbot, FakePredictor):
     click(qtbot, w, (30, 50))
     qtbot.wait(100)
     assert [c["zoom_refine"] for c in calls[n:]] == [False]  # zoom off: one stage
+
+
+def test_refinement_stage_does_not_decode_the_full_view_again(annotator, qtbot, tiny_model):
+    """With the real Predictor, the two-stage preview decodes the full view once: the zoom stage refines the
+    first result (Predictor.zoom_in) instead of predicting from scratch."""
+    from napari_ultratinysam.predictor import Predictor
+
+    class Disc:  # a positive disc of 3 low-res cells around the first prompt point
+        def __init__(self, cfg):
+            self.cfg, self.image_size, self.lowres_size = cfg, cfg.image_size, cfg.image_size // 4
+            self.encodes, self.decodes = 0, 0
+
+        def encode(self, x):
+            self.encodes += 1
+            return {}
+
+        def decode(self, feats, coords, labels, mask_input):
+            self.decodes += 1
+            l = self.lowres_size
+            yy, xx = np.mgrid[:l, :l]
+            cx, cy = coords[0] / 4.0
+            disc = np.where((xx + 0.5 - cx) ** 2 + (yy + 0.5 - cy) ** 2 < 9.0, 4.0, -4.0)
+            return np.stack([disc, disc, disc, disc]).astype(np.float32), np.array([.5, .9, .2, .1], np.float32), 1.0
+
+    be = Disc(tiny_model.cfg)
+    size = 8 * be.image_size  # far more than twice the model input: zooming applies to a small disc
+    viewer, w = annotator(image=np.zeros((size, size), np.uint8), predictor=Predictor(be))
+    shown = []
+    w.preview_updated.connect(lambda s: shown.append(s))
+    n_dec, n_enc = be.decodes, be.encodes
+    click(qtbot, w, (size // 3, size // 2))
+    qtbot.waitUntil(lambda: not w.worker.is_busy("preview"), timeout=5000)
+    assert len([s for s in shown if s]) == 2 and w.candidates is not None
+    assert be.decodes == n_dec + 2  # the full view once, then the crop: not the full view a second time
+    assert be.encodes == n_enc + 1  # the crop's embedding
+    assert w.preview.data[size // 3, size // 2]
