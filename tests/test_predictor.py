@@ -171,3 +171,61 @@ def test_torch_and_onnx_backends_agree(paper_model):
     r2 = ox.predict(points=[[50, 40], [60, 50]], labels=[1, 1], mask_input=r.lowres[0])
     r1 = pt.predict(points=[[50, 40], [60, 50]], labels=[1, 1], mask_input=r.lowres[0])
     assert np.abs(r1.lowres - r2.lowres).max() < 1e-3
+
+
+class ClickZoomBackend:
+    """Full view (first encode): the whole image is one mask. Crops (later encodes): a disc of ``radius`` low-res
+    cells at the first point, scored ``score``."""
+
+    def __init__(self, cfg, radius=3.0, score=0.9):
+        self.cfg, self.image_size, self.lowres_size = cfg, cfg.image_size, cfg.image_size // 4
+        self.n, self.radius, self.score = 0, radius, score
+
+    def encode(self, x):
+        self.n += 1
+        return {"view": self.n}
+
+    def decode(self, feats, coords, labels, mask_input):
+        l = self.lowres_size
+        if feats["view"] == 1:
+            return np.full((4, l, l), 5.0, np.float32), np.full(4, 0.8, np.float32), 1.0
+        yy, xx = np.mgrid[:l, :l]
+        cx, cy = coords[0] / 4.0
+        disc = np.where((xx + 0.5 - cx) ** 2 + (yy + 0.5 - cy) ** 2 < self.radius ** 2, 4.0, -4.0)
+        return np.stack([disc] * 4).astype(np.float32), np.full(4, self.score, np.float32), 1.0
+
+
+def test_click_zoom_finds_a_small_object_the_full_view_missed(tiny_model):
+    be = ClickZoomBackend(tiny_model.cfg)
+    p = Predictor(be)
+    h, w = 900, 1200
+    p.set_image(np.zeros((h, w, 3), np.uint8))
+    r = p.predict(points=[[700, 400]])
+    m = r.mask(0)
+    assert r.zoomed and m[400, 700] and 0 < m.sum() < 0.05 * h * w  # the disc at the click, not the whole image
+    ys, xs = np.nonzero(m)
+    assert abs(xs.mean() - 700) < 5 and abs(ys.mean() - 400) < 5
+    # the logits fed back on the next click describe that small mask on the full view's grid
+    l = be.lowres_size
+    s = p.image_size / max(h, w)
+    cell = (int(400 * s * l / p.image_size), int(700 * s * l / p.image_size))
+    assert r.lowres.shape == (3, l, l) and r.lowres[0][cell] > 0 and (r.lowres[0] > 0).mean() < 0.05
+    # the annotator's two stages give the same
+    first = p.predict(points=[[700, 400]], zoom_refine=False)
+    assert first.zoomable and not first.zoomed and first.mask(0).all()
+    np.testing.assert_array_equal(p.zoom_in(first).mask(0), m)
+
+
+@pytest.mark.parametrize("kw,points,labels", [
+    ({"score": 0.2}, [[700, 400]], None),  # the crop's mask is not confident: the full view stays
+    ({"radius": 40.0}, [[700, 400]], None),  # the crop's mask reaches the crop's edges: a part of something larger
+    ({}, [[700, 400], [720, 410]], None),  # two points: the user is already refining
+    ({}, [[700, 400]], [0]),  # a single negative point
+])
+def test_click_zoom_keeps_the_full_view(tiny_model, kw, points, labels):
+    p = Predictor(ClickZoomBackend(tiny_model.cfg, **kw))
+    p.set_image(np.zeros((900, 1200, 3), np.uint8))
+    r = p.predict(points=points, labels=labels)
+    assert not r.zoomed and r.mask(0).all()
+    first = p.predict(points=points, labels=labels, zoom_refine=False)
+    assert p.zoom_in(first) is None

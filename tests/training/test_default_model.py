@@ -52,7 +52,7 @@ def test_default_checkpoint_is_small_and_loads():
 
 def test_one_click_on_a_known_sample_object():
     """Issue 6's check: one click at the interior of a known object of sample_data/shapes.png gives IoU >= 0.8 with
-    its stored mask (measured with the shipped weights: 0.89 on the best object, 0.71 mean over the 4 shapes)."""
+    its stored mask (measured with the shipped weights: 0.93 on the best object, 0.78 mean over the 4 shapes)."""
     shapes = _one_click_ious("shapes.png", "shapes_instances.png")
     assert max(shapes) >= 0.8, shapes
     assert np.mean(shapes) >= 0.5, shapes
@@ -64,10 +64,10 @@ def test_box_on_every_coin():
     assert len(coins) == 24 and np.median(coins) >= 0.75, coins
 
 
-@pytest.mark.xfail(reason="not reached by the current default model: one click on a coin (small, similar objects) "
-                          "mostly returns a region of several coins; see model/MODEL_CARD.md 'Targets not reached'",
-                   strict=True)
 def test_one_click_on_every_sample_object():
+    """One click on each shape and each coin (small, similar objects: the full view's best mask is the whole table;
+    the predictor's click-centred zoom finds the coin). Measured with the shipped weights: shapes mean 0.78, coins
+    max 0.88, median 0.70."""
     shapes = _one_click_ious("shapes.png", "shapes_instances.png")
     coins = _one_click_ious("coins.png", "coins_instances.png")
     assert max(shapes) >= 0.8, shapes
