@@ -49,6 +49,7 @@ from .annotation_state import (
     load_device_predictor,
     load_predictor,
 )
+from .napari_compat import canvas_draw_event, refresh_labels_region
 from .workers import LatestRequestWorker
 
 if TYPE_CHECKING:
@@ -63,16 +64,6 @@ PREVIEW_RGBA = (1.0, 0.85, 0.0, 1.0)
 DEVICE_PREVIEW = "preview (IMX500)"
 DEVICE_RGBA = (0.0, 0.9, 1.0, 1.0)
 POINT_FLUSH_MS = 120  # a clicked point reaches the prompts layer after its preview is drawn, or after this at most
-
-
-def _canvas_draw_event(viewer):
-    """The draw event of napari's vispy canvas (private napari API), or None where it is not reachable."""
-    try:
-        return viewer.window._qt_viewer.canvas._scene_canvas.events.draw
-    except AttributeError:
-        return None
-
-
 DRAG_PIXELS = 4  # a press that moves further than this (canvas pixels) is a pan, not a click
 
 SHORTCUTS: tuple[tuple[str, str], ...] = (
@@ -961,7 +952,7 @@ class AnnotatorWidget(QWidget):
         t0 = time.perf_counter()
         region = self.preview_buffer.show(c.mask, self.candidates_plane)
         if region is not None:
-            self.preview.refresh()
+            refresh_labels_region(self.preview, region)  # only the changed region's texture
         self._timing["preview_update"] = time.perf_counter() - t0
         area = int(c.mask.sum())
         self.mask_label.setText(f"{c.describe()}  ·  {area} px" if area else f"{c.describe()}  ·  empty")
@@ -972,7 +963,7 @@ class AnnotatorWidget(QWidget):
     def _flush_points_after_draw(self):
         """Add the pending points once the canvas has drawn the new preview, so that the mask reaches the screen
         before napari's Points.add runs (the flush timer still adds them after POINT_FLUSH_MS at most)."""
-        draw = _canvas_draw_event(self.viewer)
+        draw = canvas_draw_event(self.viewer)
         if draw is None:
             QTimer.singleShot(0, self.flush_points)
             return
@@ -1000,8 +991,9 @@ class AnnotatorWidget(QWidget):
         self._clear_device_preview()
         self.candidates = None
         self._last_hover_px = None
-        if self.preview_buffer is not None and self.preview_buffer.clear() is not None:
-            self.preview.refresh()
+        region = None if self.preview_buffer is None else self.preview_buffer.clear()
+        if region is not None:
+            refresh_labels_region(self.preview, region)
         self.mask_label.setText("no preview")
         self.preview_updated.emit(0)
 
@@ -1378,7 +1370,7 @@ class AnnotatorWidget(QWidget):
             return
         self._closed = True
         self.flush_autosave()
-        draw = _canvas_draw_event(self.viewer)
+        draw = canvas_draw_event(self.viewer)
         if draw is not None and self._flush_on_draw is not None:
             draw.disconnect(self._flush_on_draw)
             self._flush_on_draw = None
