@@ -3,7 +3,9 @@
 
 * TorchBackend: the model in eager torch (1 intra-op thread by default on these small tensors).
 * OnnxBackend: ``encoder.onnx`` + ``decoder.onnx`` written by :func:`export_onnx`, run by onnxruntime with full
-  graph optimisation, 1 thread, no busy-waiting.
+  graph optimisation, 1 thread, no busy-waiting. Prompts without a mask input (a first click, hover, a box) run
+  ``decoder_nomask.onnx`` when the folder has it: the same decoder without the mask-input branch (its dense
+  prompt is the learned no-mask embedding), which the full graph computes and then discards.
   A folder written by ``runtime_quant.quantize_onnx_folder`` (config.json ``"precision": "int8"``) loads the same
   way; ``OnnxBackend.precision`` says which it is.
 """
@@ -19,6 +21,8 @@ from .config import ModelConfig, from_dict, to_dict
 from .io_utils import atomic_path, atomic_write_json
 
 ENCODER_OUTPUTS = ("feat_s0", "feat_s1", "embed")
+DECODER_OUTPUTS = ["lowres_logits", "iou_predictions", "object_score_logits"]
+NOMASK_DECODER = "decoder_nomask.onnx"  # the decoder for prompts without a mask input (optional in a folder)
 
 
 class TorchBackend:
@@ -86,6 +90,8 @@ class OnnxBackend:
         try:
             self.enc = _session(folder / "encoder.onnx", threads)
             self.dec = _session(folder / "decoder.onnx", threads)
+            nomask = folder / NOMASK_DECODER
+            self.dec_nomask = _session(nomask, threads) if nomask.is_file() else None
         except Exception as e:
             raise ValueError(f"ONNX model folder {folder}: onnxruntime cannot load it "
                              f"({str(e).splitlines()[0]})") from None
@@ -98,14 +104,27 @@ class OnnxBackend:
         return dict(zip(self._enc_out, outs))
 
     def decode(self, feats, coords: np.ndarray, labels: np.ndarray, mask_input: np.ndarray | None):
+        feed = {k: feats[k] for k in ENCODER_OUTPUTS if k in feats}
+        feed.update({"point_coords": coords[None].astype(np.float32), "point_labels": labels[None].astype(np.float32)})
+        if mask_input is None and self.dec_nomask is not None:
+            logits, iou, obj = self.dec_nomask.run(None, feed)
+            return logits[0], iou[0], float(obj[0, 0])
         has = np.array([0.0 if mask_input is None else 1.0], np.float32)
         m = self._zero_mask if mask_input is None else mask_input.reshape(1, 1, *mask_input.shape[-2:]).astype(
             np.float32)
-        feed = {k: feats[k] for k in ENCODER_OUTPUTS if k in feats}
-        feed.update({"point_coords": coords[None].astype(np.float32), "point_labels": labels[None].astype(np.float32),
-                     "mask_input": m, "has_mask_input": has})
+        feed.update({"mask_input": m, "has_mask_input": has})
         logits, iou, obj = self.dec.run(None, feed)
         return logits[0], iou[0], float(obj[0, 0])
+
+
+class _NoMaskDecoderWrapper(torch.nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, feat_s0, feat_s1, embed, point_coords, point_labels):
+        feats = {"feat_s0": feat_s0, "feat_s1": feat_s1, "embed": embed}
+        return self.model.decode(feats, point_coords, point_labels, None, None)
 
 
 class _EncoderWrapper(torch.nn.Module):
@@ -129,7 +148,8 @@ class _DecoderWrapper(torch.nn.Module):
 
 
 def export_onnx(model, out_dir: str | Path, opset: int = 17) -> Path:
-    """Write ``encoder.onnx``, ``decoder.onnx`` and ``config.json`` to ``out_dir`` (each file atomically).
+    """Write ``encoder.onnx``, ``decoder.onnx``, ``decoder_nomask.onnx`` and ``config.json`` to ``out_dir`` (each
+    file atomically).
 
     Uses the TorchScript exporter (``dynamo=False``), fixed 1x3xSxS image input and a dynamic number of points.
     """
@@ -156,7 +176,14 @@ def export_onnx(model, out_dir: str | Path, opset: int = 17) -> Path:
             torch.onnx.export(_DecoderWrapper(model).eval(), args, str(tmp), dynamo=False, opset_version=opset,
                               input_names=["feat_s0", "feat_s1", "embed", "point_coords", "point_labels",
                                            "mask_input", "has_mask_input"],
-                              output_names=["lowres_logits", "iou_predictions", "object_score_logits"],
+                              output_names=DECODER_OUTPUTS,
+                              dynamic_axes={"point_coords": {1: "num_points"}, "point_labels": {1: "num_points"}},
+                              do_constant_folding=True)
+        with atomic_path(out / NOMASK_DECODER) as tmp:
+            torch.onnx.export(_NoMaskDecoderWrapper(model).eval(), args[:5], str(tmp), dynamo=False,
+                              opset_version=opset,
+                              input_names=["feat_s0", "feat_s1", "embed", "point_coords", "point_labels"],
+                              output_names=DECODER_OUTPUTS,
                               dynamic_axes={"point_coords": {1: "num_points"}, "point_labels": {1: "num_points"}},
                               do_constant_folding=True)
     from .transforms import PIXEL_MEAN, PIXEL_STD

@@ -9,9 +9,11 @@ Why OpenVINO for bf16: onnxruntime's CPU provider has no bf16 convolution / matr
 plugin does (oneDNN with AMX). Measured on a 2-core Sapphire Rapids VM (AMX, 1 thread, BENCHMARKS.md): encoder
 2.2 -> 1.1 ms, decoder 2.0 -> 1.3 ms against onnxruntime float.
 
-The decoder is compiled twice: with a dynamic number of prompt points (any prompt) and with the shape of a single
-click (1 point + the padding point, the first-click and hover path), where the static shape lets OpenVINO fold the
-shape arithmetic (~15 % faster).
+The decoder is compiled twice: with a dynamic number of prompt points (any prompt), and for the first-click and
+hover path (1 point + the padding point, or a box's 2 corners, no mask input) from ``decoder_nomask.onnx`` with
+static shapes, where OpenVINO folds the shape arithmetic and the mask-input branch is absent. That request keeps
+the image's features bound between clicks (shared memory, not copied per click) and takes the prompt in
+preallocated tensors.
 """
 from __future__ import annotations
 
@@ -19,10 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .runtime import ENCODER_OUTPUTS, read_onnx_folder
+from .runtime import ENCODER_OUTPUTS, NOMASK_DECODER, read_onnx_folder
 
 PRECISIONS = ("float", "bf16")
-STATIC_POINTS = (2,)  # decoder shapes compiled statically at load: a single click + its padding point
+STATIC_POINTS = (2,)  # no-mask decoder shapes compiled statically at load: a click + its padding point, or a box
 
 
 def openvino_available() -> bool:
@@ -63,14 +65,16 @@ class OpenVinoBackend:
             enc = _compile(core, str(folder / "encoder.onnx"), threads, precision)
             self._dec_any = _compile(core, str(folder / "decoder.onnx"), threads, precision).create_infer_request()
             self._dec_static = {}
-            for n in STATIC_POINTS:
-                m = core.read_model(str(folder / "decoder.onnx"))
+            nomask = folder / NOMASK_DECODER
+            for n in STATIC_POINTS if nomask.is_file() else ():
+                m = core.read_model(str(nomask))
                 m.reshape({"point_coords": [1, n, 2], "point_labels": [1, n]})
                 self._dec_static[n] = _compile(core, m, threads, precision).create_infer_request()
         except Exception as e:  # noqa: BLE001 - one line naming the folder
             raise ValueError(f"ONNX model folder {folder}: OpenVINO cannot load it ({str(e).splitlines()[0]})") \
                 from None
         self._enc = enc.create_infer_request()
+        self._bound: dict[int, tuple] = {}  # static request's points -> (features dict bound to it, its arrays)
         self._enc_out = [o.get_any_name() for o in enc.outputs]
         l = self.lowres_size
         self._zero_mask = np.zeros((1, 1, l, l), np.float32)
@@ -80,6 +84,9 @@ class OpenVinoBackend:
         return {k: np.array(v) for k, v in zip(self._enc_out, res.to_tuple())}
 
     def decode(self, feats, coords: np.ndarray, labels: np.ndarray, mask_input: np.ndarray | None):
+        req = self._dec_static.get(len(coords)) if mask_input is None else None
+        if req is not None:
+            return self._decode_static(req, feats, coords, labels)
         has = np.array([0.0 if mask_input is None else 1.0], np.float32)
         m = self._zero_mask if mask_input is None else np.ascontiguousarray(
             mask_input.reshape(1, 1, *mask_input.shape[-2:]), dtype=np.float32)
@@ -87,6 +94,21 @@ class OpenVinoBackend:
         feed.update({"point_coords": np.ascontiguousarray(coords[None], dtype=np.float32),
                      "point_labels": np.ascontiguousarray(labels[None], dtype=np.float32),
                      "mask_input": m, "has_mask_input": has})
-        req = self._dec_static.get(len(coords), self._dec_any)
-        logits, iou, obj = (np.array(v) for v in req.infer(feed, share_inputs=True).to_tuple())
+        logits, iou, obj = (np.array(v) for v in self._dec_any.infer(feed, share_inputs=True).to_tuple())
+        return logits[0], iou[0], float(obj[0, 0])
+
+    def _decode_static(self, req, feats, coords: np.ndarray, labels: np.ndarray):
+        import openvino as ov
+
+        n = len(coords)
+        bound = self._bound.get(n)
+        if bound is None or bound[0] is not feats:  # a new image: bind its features once (no copy)
+            arrays = {k: np.ascontiguousarray(feats[k], dtype=np.float32) for k in ENCODER_OUTPUTS if k in feats}
+            for k, a in arrays.items():
+                req.set_tensor(k, ov.Tensor(a, shared_memory=True))
+            self._bound[n] = (feats, arrays)  # keeps the arrays alive while the request points at them
+        req.get_tensor("point_coords").data[...] = coords[None]
+        req.get_tensor("point_labels").data[...] = labels[None]
+        req.infer()
+        logits, iou, obj = (np.array(req.get_output_tensor(i).data) for i in range(3))
         return logits[0], iou[0], float(obj[0, 0])

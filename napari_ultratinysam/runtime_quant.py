@@ -38,11 +38,12 @@ from pathlib import Path
 import numpy as np
 
 from .io_utils import atomic_path, atomic_write_json
+from .runtime import NOMASK_DECODER
 
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("auto", "float", "int8", "bf16")
-QUANT_FORMAT = 1  # bump when the quantization recipe changes: cached folders of an older recipe are rebuilt
+QUANT_FORMAT = 2  # bump when the quantization recipe changes: cached folders of an older recipe are rebuilt
 _CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "amx_bf16", "avx512_bf16")
 
 
@@ -249,13 +250,17 @@ def quantize_onnx_folder(src: str | Path, dst: str | Path, calibration: list[np.
 
     with tempfile.TemporaryDirectory(prefix="utsam-quant-") as td:
         td = Path(td)
-        # --- decoder: dynamic int8 of the transformer's weight MatMuls
-        dec_pre = _preprocess(src / "decoder.onnx", td / "decoder_pre.onnx")
-        nodes = _decoder_nodes(dec_pre)
-        with atomic_path(dst / "decoder.onnx") as tmp:
-            quantize_dynamic(str(dec_pre), str(tmp), op_types_to_quantize=["MatMul"], nodes_to_quantize=nodes,
-                             per_channel=False, reduce_range=False, weight_type=QuantType.QUInt8)
-        record["decoder"] = {"method": "dynamic int8, MatMul weights uint8", "nodes": len(nodes)}
+        # --- decoder (and its no-mask variant): dynamic int8 of the transformer's weight MatMuls
+        for name in ("decoder.onnx", NOMASK_DECODER):
+            if not (src / name).is_file():
+                continue  # a folder from before the no-mask decoder: the full graph serves every prompt
+            dec_pre = _preprocess(src / name, td / f"pre_{name}")
+            nodes = _decoder_nodes(dec_pre)
+            with atomic_path(dst / name) as tmp:
+                quantize_dynamic(str(dec_pre), str(tmp), op_types_to_quantize=["MatMul"], nodes_to_quantize=nodes,
+                                 per_channel=False, reduce_range=False, weight_type=QuantType.QUInt8)
+            if name == "decoder.onnx":
+                record["decoder"] = {"method": "dynamic int8, MatMul weights uint8", "nodes": len(nodes)}
 
         # --- encoder: static QDQ int8, kept only if it agrees with float
         enc_pre = _preprocess(src / "encoder.onnx", td / "encoder_pre.onnx")

@@ -157,6 +157,7 @@ def test_torch_and_onnx_backends_agree(paper_model):
     img = (rng.random((120, 200, 3)) * 255).astype(np.uint8)
     pt = Predictor.from_model(paper_model, backend="torch", zoom_refine=False)
     ox = Predictor.from_model(paper_model, backend="onnx", zoom_refine=False)
+    assert ox.backend.dec_nomask is not None  # prompts without a mask input run the no-mask decoder graph
     for pr in (pt, ox):
         pr.set_image(img)
     prompts = [dict(points=[[50, 40]]), dict(box=[20, 10, 150, 100]), dict(points=[[50, 40], [120, 90]], labels=[1, 0])]

@@ -66,6 +66,19 @@ def test_static_and_dynamic_decoders_agree(onnx_folder):
     assert np.abs(a[0] - b[0]).max() < 1e-4 and np.abs(a[1] - b[1]).max() < 1e-5
 
 
+def test_static_request_follows_the_image(onnx_folder):
+    """The single-click request binds an image's features once; a new image (or the previous one again) rebinds."""
+    ort, ov = OnnxBackend(onnx_folder), OpenVinoBackend(onnx_folder, precision="float")
+    rng = np.random.default_rng(3)
+    feats = [ort.encode(rng.standard_normal((1, 3, ort.image_size, ort.image_size)).astype(np.float32))
+             for _ in range(2)]
+    coords, labels = np.array([[30.0, 40.0], [0.0, 0.0]], np.float32), np.array([1.0, -1.0], np.float32)
+    for f in (feats[0], feats[1], feats[0], feats[0]):
+        a, b = ort.decode(f, coords, labels, None), ov.decode(f, coords, labels, None)
+        assert np.abs(a[0] - b[0]).max() < 1e-3 and np.abs(a[1] - b[1]).max() < 1e-4
+        coords = coords + 7.0  # and a new click each time
+
+
 def test_predictor_bf16(tiny_model, monkeypatch):
     monkeypatch.setattr(rq, "cpu_capabilities", lambda *a: dict(BF16_CPU))
     p = Predictor.from_model(tiny_model, backend="onnx", precision="bf16")
