@@ -140,7 +140,7 @@ def cmd_export_onnx(args) -> int:
         print(f"int8 export: decoder int8, encoder {enc}")
     else:
         out = export_onnx(model, args.output, opset=args.opset)
-    print(f"wrote {out / 'encoder.onnx'}, {out / 'decoder.onnx'}, {out / 'config.json'}")
+    print("wrote " + ", ".join(str(f) for f in sorted(out.iterdir()) if f.suffix in (".onnx", ".json")))
     return 0
 
 
@@ -160,7 +160,8 @@ def register(sub) -> None:
     add_model_args(p)
     p.set_defaults(func=cmd_segment)
 
-    p = sub.add_parser("export-onnx", help="export encoder.onnx + decoder.onnx for the onnxruntime backend")
+    p = sub.add_parser("export-onnx", help="export encoder.onnx + decoder.onnx (+ decoder_nomask.onnx) for the "
+                                          "onnxruntime and OpenVINO backends")
     p.add_argument("--checkpoint", type=Path, help="default: the shipped weights")
     p.add_argument("-o", "--output", type=Path, required=True, help="output folder")
     p.add_argument("--opset", type=int, default=17)
