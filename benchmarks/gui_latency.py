@@ -48,8 +48,10 @@ def _predictor(backend: str):
     from napari_ultratinysam.predictor import Predictor
 
     torch.set_num_threads(1)
+    from napari_ultratinysam.widgets.annotation_state import BACKEND_PRECISION
+
     runtime = "torch" if backend == "torch" else "onnx"
-    precision = "int8" if backend.endswith("int8") else "float"
+    precision = BACKEND_PRECISION[backend] or "float"
     if DEFAULT_CHECKPOINT.is_file():
         return Predictor.from_default(backend=runtime, precision=precision), "shipped weights"
     from napari_ultratinysam.config import resolve_model_config
@@ -271,14 +273,21 @@ def main(argv=None) -> int:
     ap.add_argument("--clicks", type=int, default=100)
     ap.add_argument("--hovers", type=int, default=100)
     ap.add_argument("--size", type=int, default=1024)
-    ap.add_argument("--backend", default="onnxruntime,onnxruntime int8,torch",
-                    help="comma-separated: torch, onnxruntime, onnxruntime int8 (all measured in one run)")
+    ap.add_argument("--backend", default=None,
+                    help="comma-separated: torch, onnxruntime, onnxruntime int8, openvino bf16 (all measured in one "
+                         "run; default: all that this CPU runs)")
     ap.add_argument("--no-write", action="store_true", help="print only, leave BENCHMARKS.md alone")
     args = ap.parse_args(argv)
-    backends = [b.strip() for b in args.backend.split(",") if b.strip()]
+    from napari_ultratinysam.widgets.annotation_state import BACKENDS, default_backend
+
+    if args.backend is None:
+        backends = [b for b in ("openvino bf16", "onnxruntime int8", "onnxruntime", "torch")
+                    if b != "openvino bf16" or default_backend() == "openvino bf16"]
+    else:
+        backends = [b.strip() for b in args.backend.split(",") if b.strip()]
     for b in backends:
-        if b not in ("torch", "onnxruntime", "onnxruntime int8"):
-            raise SystemExit(f"--backend: unknown backend {b!r} (torch, onnxruntime, onnxruntime int8)")
+        if b not in BACKENDS:
+            raise SystemExit(f"--backend: unknown backend {b!r} ({', '.join(BACKENDS)})")
 
     _ensure_display()
     import napari

@@ -930,7 +930,8 @@ class AnnotatorWidget(QWidget):
             what = "click" if not hover else "hover"
             self._timing[f"{what}_to_preview" if stage == "first" else f"{what}_to_refined"] = \
                 time.perf_counter() - t_submit
-            if two_stage and zoomable:
+            # refine only the newest request: a newer one (the mouse moved on) would be replaced by this refinement
+            if two_stage and zoomable and self.worker.is_current(holder.get("seq", 0), "preview", strict=True):
                 self._submit_prediction(prompt, mask_input, hover, stage="refine", t_submit=t_submit, first=r)
 
         holder["seq"] = seq = self.worker.submit("preview", run, strict=not hover, on_done=done,

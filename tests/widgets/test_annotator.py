@@ -644,3 +644,27 @@ def test_refinement_stage_does_not_decode_the_full_view_again(annotator, qtbot, 
     assert be.decodes == n_dec + 2  # the full view once, then the crop: not the full view a second time
     assert be.encodes == n_enc + 1  # the crop's embedding
     assert w.preview.data[size // 3, size // 2]
+
+
+def test_hover_does_not_refine_a_position_the_mouse_has_left(annotator, qtbot, FakePredictor):
+    """Hover on a large image: when the mouse has moved on while a position was predicted, that position's zoom
+    refinement is not queued (it would take the newer position's place); the newest position is refined."""
+
+    class Zooming(FakePredictor):
+        image_size = 16
+
+        def predict(self, *a, zoom_refine=None, **kw):
+            r = super().predict(*a, **kw)
+            r.zoomed = bool(self.zoom_refine)
+            return r
+
+    viewer, w = annotator(predictor=Zooming(delays=[0.3]))  # the first hover's prediction is slow
+    n = len(w.session.predictor.calls)
+    hover(w.prompts, (20, 20))
+    qtbot.wait(50)
+    hover(w.prompts, (30, 50))  # while the first is still predicting
+    qtbot.waitUntil(lambda: not w.worker.is_busy("preview"), timeout=5000)
+    qtbot.wait(100)
+    calls = w.session.predictor.calls[n:]
+    assert [(c["zoom_refine"], tuple(np.round(c["points"][-1]).astype(int))) for c in calls] == [
+        (False, (20, 20)), (False, (50, 30)), (True, (50, 30))]
