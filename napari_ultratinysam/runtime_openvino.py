@@ -9,9 +9,8 @@ Why OpenVINO for bf16: onnxruntime's CPU provider has no bf16 convolution / matr
 plugin does (oneDNN with AMX). Measured on a 2-core Sapphire Rapids VM (AMX, 1 thread, BENCHMARKS.md): encoder
 2.2 -> 1.1 ms, decoder 2.0 -> 1.3 ms against onnxruntime float.
 
-The decoder is compiled twice: with a dynamic number of prompt points (any prompt), and for the first-click and
-hover path (1 point + the padding point, or a box's 2 corners, no mask input) from ``decoder_nomask.onnx`` with
-static shapes, where OpenVINO folds the shape arithmetic and the mask-input branch is absent. That request keeps
+The decoder is compiled with a dynamic number of prompt points (any prompt), and for the first-click and hover
+path (1 point, or a box's 2 corners, no mask input) from ``decoder_nomask.onnx`` with static shapes, where OpenVINO folds the shape arithmetic and the mask-input branch is absent. That request keeps
 the image's features bound between clicks (shared memory, not copied per click) and takes the prompt in
 preallocated tensors.
 """
@@ -24,7 +23,8 @@ import numpy as np
 from .runtime import ENCODER_OUTPUTS, NOMASK_DECODER, read_onnx_folder
 
 PRECISIONS = ("float", "bf16")
-STATIC_POINTS = (2,)  # no-mask decoder shapes compiled statically at load: a click + its padding point, or a box
+STATIC_POINTS = (1, 2)  # no-mask decoder shapes compiled at load: one click (the graph appends the padding point)
+#                           and two points (a box's corners)
 
 
 def openvino_available() -> bool:
@@ -75,6 +75,7 @@ class OpenVinoBackend:
                 from None
         self._enc = enc.create_infer_request()
         self._bound: dict[int, tuple] = {}  # static request's points -> (features dict bound to it, its arrays)
+        self._io: dict[int, tuple] = {}  # static request's points -> views of its prompt inputs and outputs
         self._enc_out = [o.get_any_name() for o in enc.outputs]
         l = self.lowres_size
         self._zero_mask = np.zeros((1, 1, l, l), np.float32)
@@ -107,8 +108,12 @@ class OpenVinoBackend:
             for k, a in arrays.items():
                 req.set_tensor(k, ov.Tensor(a, shared_memory=True))
             self._bound[n] = (feats, arrays)  # keeps the arrays alive while the request points at them
-        req.get_tensor("point_coords").data[...] = coords[None]
-        req.get_tensor("point_labels").data[...] = labels[None]
+        io = self._io.get(n)
+        if io is None:  # numpy views of the request's own prompt and output buffers
+            io = self._io[n] = (req.get_tensor("point_coords").data, req.get_tensor("point_labels").data,
+                                [req.get_output_tensor(i).data for i in range(3)])
+        io[0][0] = coords
+        io[1][0] = labels
         req.infer()
-        logits, iou, obj = (np.array(req.get_output_tensor(i).data) for i in range(3))
-        return logits[0], iou[0], float(obj[0, 0])
+        logits, iou, obj = io[2]
+        return logits[0].copy(), iou[0].copy(), float(obj[0, 0])
