@@ -13,6 +13,9 @@ pytest.importorskip("openvino")
 from napari_ultratinysam.runtime_openvino import OpenVinoBackend  # noqa: E402
 
 BF16_CPU = {"avx2": True, "avx512_bf16": True, "amx_bf16": True}
+_caps = rq.cpu_capabilities()
+HAS_BF16 = bool(_caps.get("avx512_bf16") or _caps.get("amx_bf16"))  # OpenVINO refuses bf16 on other CPUs
+needs_bf16 = pytest.mark.skipif(not HAS_BF16, reason="this CPU has no avx512_bf16 / amx_bf16")
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +30,7 @@ def _prompts(rng, size):
            rng.standard_normal((size // 4, size // 4)).astype(np.float32))  # a box + a previous mask
 
 
-@pytest.mark.parametrize("precision,atol", [("float", 1e-3), ("bf16", 0.25)])
+@pytest.mark.parametrize("precision,atol", [("float", 1e-3), pytest.param("bf16", 0.25, marks=needs_bf16)])
 def test_matches_onnxruntime(onnx_folder, precision, atol):
     rng = np.random.default_rng(0)
     ort, ov = OnnxBackend(onnx_folder), OpenVinoBackend(onnx_folder, precision=precision)
@@ -79,6 +82,7 @@ def test_static_request_follows_the_image(onnx_folder):
         coords = coords + 7.0  # and a new click each time
 
 
+@needs_bf16
 def test_predictor_bf16(tiny_model, monkeypatch):
     monkeypatch.setattr(rq, "cpu_capabilities", lambda *a: dict(BF16_CPU))
     p = Predictor.from_model(tiny_model, backend="onnx", precision="bf16")
@@ -112,3 +116,18 @@ def test_bad_input(onnx_folder, tmp_path, monkeypatch):
         Predictor.from_onnx(onnx_folder, precision="bf16")
     with pytest.raises(ValueError, match="an ONNX folder runs as exported"):
         Predictor.from_onnx(onnx_folder, precision="int8")
+
+
+def test_predictor_falls_back_to_float_when_openvino_fails(tiny_model, monkeypatch, caplog):
+    import napari_ultratinysam.runtime_openvino as ro
+
+    monkeypatch.setattr(rq, "cpu_capabilities", lambda *a: dict(BF16_CPU))
+
+    def broken(*a, **kw):
+        raise ValueError("ONNX model folder x: OpenVINO cannot load it (no bf16 here)")
+
+    monkeypatch.setattr(ro, "OpenVinoBackend", broken)
+    with caplog.at_level("WARNING"):
+        p = Predictor.from_model(tiny_model, backend="onnx", precision="bf16")
+    assert isinstance(p.backend, OnnxBackend) and p.backend.precision == "float"
+    assert "OpenVINO bf16 failed to load" in caplog.text
