@@ -94,30 +94,36 @@ def bf16_supported() -> bool:
 CAMVID = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "camvid"
 
 
-def mask_agreement(fp, qp, max_images: int | None) -> np.ndarray:
+def mask_agreement(fp, qp, max_images: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """IoU between the best-scored masks of two predictors (default settings) for one click at the interior
-    point of each CamVid val object of >= 150 px at 128x128 (the paper's size filter)."""
+    point of each CamVid val object of >= 150 px at 128x128 (the paper's size filter); and each one's IoU with
+    the ground truth (-> mIoU@1 of both)."""
     from napari_ultratinysam.data.readers import read_dataset
     from napari_ultratinysam.evaluation.metrics import agreement_iou
     from napari_ultratinysam.prompts import interior_point
 
     ds = read_dataset(CAMVID, split="val", min_area=2110)  # 480x360 images: 2110 px = 150 px at 128x128
-    ious = []
+    ious, gt_a, gt_b = [], [], []
     for i in range(len(ds) if max_images is None else min(max_images, len(ds))):
         d = ds[i]
         fp.set_image(d.image)
         qp.set_image(d.image)
         for m in d.masks:
             pt = [interior_point(m)]
-            ious.append(agreement_iou(fp.predict(points=pt).mask(0), qp.predict(points=pt).mask(0)))
-    return np.asarray(ious)
+            a, b = fp.predict(points=pt).mask(0), qp.predict(points=pt).mask(0)
+            ious.append(agreement_iou(a, b))
+            gt_a.append(agreement_iou(a, m))
+            gt_b.append(agreement_iou(b, m))
+    return np.asarray(ious), np.asarray(gt_a), np.asarray(gt_b)
 
 
-def _agreement_line(what: str, ious: np.ndarray, max_images: int | None) -> str:
+def _agreement_line(what: str, res, max_images: int | None) -> str:
+    ious, gt_f, gt_q = res
     return (f"- {what}: mean mask IoU {ious.mean():.4f} (median {np.median(ious):.4f}, "
             f"{np.mean(ious < 0.9) * 100:.1f} % of clicks below 0.9) over {len(ious)} CamVid val objects "
             f"({'first ' + str(max_images) + ' images' if max_images else 'all images'}, >= 150 px at 128x128), "
-            "one click at each object's interior point")
+            f"one click at each object's interior point; mIoU@1 against the ground truth {gt_q.mean() * 100:.2f} vs "
+            f"float {gt_f.mean() * 100:.2f} ({(gt_q.mean() - gt_f.mean()) * 100:+.2f} points)")
 
 
 def bf16_agreement(max_images: int | None = None) -> str:
@@ -129,10 +135,10 @@ def bf16_agreement(max_images: int | None = None) -> str:
         return "- bf16 vs float agreement: not measured (no bf16 on this CPU, or openvino is not installed)"
     if not CAMVID.is_dir() or not DEFAULT_CHECKPOINT.exists():
         return "- bf16 vs float agreement: not measured (CamVid or the shipped weights are absent)"
-    ious = mask_agreement(Predictor.from_default(backend="onnx"),
-                          Predictor.from_default(backend="onnx", precision="bf16"), max_images)
+    res = mask_agreement(Predictor.from_default(backend="onnx"),
+                         Predictor.from_default(backend="onnx", precision="bf16"), max_images)
     return _agreement_line("bf16 vs float (OpenVINO bf16 encoder and decoder vs onnxruntime float, shipped weights)",
-                           ious, max_images)
+                           res, max_images)
 
 
 def int8_agreement(max_images: int | None = None) -> str:
@@ -146,12 +152,12 @@ def int8_agreement(max_images: int | None = None) -> str:
     if not CAMVID.is_dir() or not DEFAULT_CHECKPOINT.exists():
         return "- int8 vs float agreement: not measured (CamVid or the shipped weights are absent)"
     q = int8_folder(None)
-    ious = mask_agreement(Predictor.from_default(backend="onnx"), Predictor.from_onnx(q), max_images)
+    res = mask_agreement(Predictor.from_default(backend="onnx"), Predictor.from_onnx(q), max_images)
     enc = json.loads((q / "config.json").read_text())["quantization"]["encoder"]
     enc_txt = ("int8 encoder" if enc["int8"] else
                f"float encoder: the static int8 encoder agreed only {enc['int8_mask_iou_vs_float']:.3f} mask IoU "
                f"on the calibration clicks, below the {enc['min_iou']} gate")
-    return _agreement_line(f"int8 vs float (onnxruntime, shipped weights; int8 decoder, {enc_txt})", ious,
+    return _agreement_line(f"int8 vs float (onnxruntime, shipped weights; int8 decoder, {enc_txt})", res,
                            max_images)
 
 

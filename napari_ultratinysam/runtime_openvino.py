@@ -9,10 +9,10 @@ Why OpenVINO for bf16: onnxruntime's CPU provider has no bf16 convolution / matr
 plugin does (oneDNN with AMX). Measured on a 2-core Sapphire Rapids VM (AMX, 1 thread, BENCHMARKS.md): encoder
 2.2 -> 1.1 ms, decoder 2.0 -> 1.3 ms against onnxruntime float.
 
-The decoder is compiled with a dynamic number of prompt points (any prompt), and for the first-click and hover
-path (1 point, or a box's 2 corners, no mask input) from ``decoder_nomask.onnx`` with static shapes, where OpenVINO folds the shape arithmetic and the mask-input branch is absent. That request keeps
-the image's features bound between clicks (shared memory, not copied per click) and takes the prompt in
-preallocated tensors.
+The decoder is compiled with a dynamic number of prompt points for prompts with a mask input; prompts without one
+(a first click, hover, a box) run ``decoder_nomask.onnx`` (no mask-input branch), also compiled with static shapes
+for one click and for a box, where OpenVINO folds the shape arithmetic. The no-mask requests keep the
+image's features bound between clicks (shared memory, not copied per click).
 """
 from __future__ import annotations
 
@@ -23,8 +23,8 @@ import numpy as np
 from .runtime import ENCODER_OUTPUTS, NOMASK_DECODER, read_onnx_folder
 
 PRECISIONS = ("float", "bf16")
-STATIC_POINTS = (1, 2)  # no-mask decoder shapes compiled at load: one click (the graph appends the padding point)
-#                           and two points (a box's corners)
+STATIC_POINTS = (1, 2)  # no-mask decoder shapes compiled at load: one click (the graph appends the padding
+#                           point) and two points (a box's corners)
 
 
 def openvino_available() -> bool:
@@ -35,9 +35,11 @@ def openvino_available() -> bool:
     return True
 
 
-def _compile(core, model, threads: int, precision: str):
+def _compile(core, model, threads: int, precision: str, snippets: bool = True):
     cfg = {"INFERENCE_NUM_THREADS": max(1, int(threads)), "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY",
            "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32"}
+    if not snippets:
+        cfg["SNIPPETS_MODE"] = "DISABLE"
     return core.compile_model(model, "CPU", cfg)
 
 
@@ -64,18 +66,24 @@ class OpenVinoBackend:
         try:
             enc = _compile(core, str(folder / "encoder.onnx"), threads, precision)
             self._dec_any = _compile(core, str(folder / "decoder.onnx"), threads, precision).create_infer_request()
-            self._dec_static = {}
+            # no-mask requests, by number of points (None: any number)
+            self._nomask: dict[int | None, object] = {}
             nomask = folder / NOMASK_DECODER
-            for n in STATIC_POINTS if nomask.is_file() else ():
-                m = core.read_model(str(nomask))
-                m.reshape({"point_coords": [1, n, 2], "point_labels": [1, n]})
-                self._dec_static[n] = _compile(core, m, threads, precision).create_infer_request()
+            if nomask.is_file():
+                self._nomask[None] = _compile(core, str(nomask), threads, precision).create_infer_request()
+                for n in STATIC_POINTS:
+                    m = core.read_model(str(nomask))
+                    m.reshape({"point_coords": [1, n, 2], "point_labels": [1, n]})
+                    # bf16: OpenVINO's "snippets" fusion miscompiles this static graph (measured with 2026.4:
+                    # logits off by ~1.7, masks wrong); without it the logits are within bf16 rounding (~0.04)
+                    self._nomask[n] = _compile(core, m, threads, precision,
+                                               snippets=precision != "bf16").create_infer_request()
         except Exception as e:  # noqa: BLE001 - one line naming the folder
             raise ValueError(f"ONNX model folder {folder}: OpenVINO cannot load it ({str(e).splitlines()[0]})") \
                 from None
         self._enc = enc.create_infer_request()
-        self._bound: dict[int, tuple] = {}  # static request's points -> (features dict bound to it, its arrays)
-        self._io: dict[int, tuple] = {}  # static request's points -> views of its prompt inputs and outputs
+        self._bound: dict[int, tuple] = {}  # id(request) -> (features dict bound to it, its arrays)
+        self._io: dict[int, tuple] = {}  # static request's points -> the prompt arrays bound to it
         self._enc_out = [o.get_any_name() for o in enc.outputs]
         l = self.lowres_size
         self._zero_mask = np.zeros((1, 1, l, l), np.float32)
@@ -85,9 +93,11 @@ class OpenVinoBackend:
         return {k: np.array(v) for k, v in zip(self._enc_out, res.to_tuple())}
 
     def decode(self, feats, coords: np.ndarray, labels: np.ndarray, mask_input: np.ndarray | None):
-        req = self._dec_static.get(len(coords)) if mask_input is None else None
-        if req is not None:
-            return self._decode_static(req, feats, coords, labels)
+        if mask_input is None and self._nomask:
+            n = len(coords)
+            req = self._nomask.get(n)
+            return self._decode_bound(req if req is not None else self._nomask[None], feats, coords, labels,
+                                      static=req is not None)
         has = np.array([0.0 if mask_input is None else 1.0], np.float32)
         m = self._zero_mask if mask_input is None else np.ascontiguousarray(
             mask_input.reshape(1, 1, *mask_input.shape[-2:]), dtype=np.float32)
@@ -98,22 +108,29 @@ class OpenVinoBackend:
         logits, iou, obj = (np.array(v) for v in self._dec_any.infer(feed, share_inputs=True).to_tuple())
         return logits[0], iou[0], float(obj[0, 0])
 
-    def _decode_static(self, req, feats, coords: np.ndarray, labels: np.ndarray):
+    def _decode_bound(self, req, feats, coords: np.ndarray, labels: np.ndarray, static: bool):
+        """A no-mask request that keeps the image's features bound between clicks (shared memory, no copy)."""
         import openvino as ov
 
-        n = len(coords)
-        bound = self._bound.get(n)
-        if bound is None or bound[0] is not feats:  # a new image: bind its features once (no copy)
+        bound = self._bound.get(id(req))
+        if bound is None or bound[0] is not feats:  # a new image: bind its features once
             arrays = {k: np.ascontiguousarray(feats[k], dtype=np.float32) for k in ENCODER_OUTPUTS if k in feats}
             for k, a in arrays.items():
                 req.set_tensor(k, ov.Tensor(a, shared_memory=True))
-            self._bound[n] = (feats, arrays)  # keeps the arrays alive while the request points at them
-        io = self._io.get(n)
-        if io is None:  # numpy views of the request's own prompt and output buffers
-            io = self._io[n] = (req.get_tensor("point_coords").data, req.get_tensor("point_labels").data,
-                                [req.get_output_tensor(i).data for i in range(3)])
-        io[0][0] = coords
-        io[1][0] = labels
+            self._bound[id(req)] = (feats, arrays)  # keeps the arrays alive while the request points at them
+        n = len(coords)
+        if static:  # our own prompt buffers, bound to the request once
+            io = self._io.get(n)
+            if io is None:
+                io = self._io[n] = (np.zeros((1, n, 2), np.float32), np.zeros((1, n), np.float32))
+                req.set_tensor("point_coords", ov.Tensor(io[0], shared_memory=True))
+                req.set_tensor("point_labels", ov.Tensor(io[1], shared_memory=True))
+            io[0][0] = coords
+            io[1][0] = labels
+        else:
+            req.set_tensor("point_coords", ov.Tensor(np.ascontiguousarray(coords[None], dtype=np.float32)))
+            req.set_tensor("point_labels", ov.Tensor(np.ascontiguousarray(labels[None], dtype=np.float32)))
         req.infer()
-        logits, iou, obj = io[2]
+        # outputs are read after every inference: their buffers are not guaranteed to stay in place
+        logits, iou, obj = (req.get_output_tensor(i).data for i in range(3))
         return logits[0].copy(), iou[0].copy(), float(obj[0, 0])
