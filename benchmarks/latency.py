@@ -42,6 +42,7 @@ def ours(threads: int, n_enc: int, n_dec: int, rows: list, image_hw=(1024, 1024)
     x, geo = prepare_image(img, 128)
     folder = Path(tempfile.mkdtemp(prefix="utsam-bench-"))
     export_onnx(model, folder)
+    PROFILE_FOLDER[:] = [folder]
     backends = [TorchBackend(model, threads=threads), OnnxBackend(folder, threads=threads)]
     if threads == 1:
         backends.append(OnnxBackend(int8_folder(model), threads=threads))
@@ -70,6 +71,7 @@ def ours(threads: int, n_enc: int, n_dec: int, rows: list, image_hw=(1024, 1024)
 
 
 BREAKDOWN: list = []  # (backend, decoder, predictor overhead, upsampling, click total, mask pixels), 1 thread
+PROFILE_FOLDER: list = []  # the float ONNX folder of the shipped weights (for the OpenVINO profile)
 
 
 def int8_folder(model) -> Path:
@@ -191,6 +193,44 @@ def sam_family(name: str, threads: int, n_enc: int, n_dec: int, rows: list):
     rows.append((f"{name} 1024 (random weights)", "torch", threads, *p50_p95(enc), *p50_p95(dec), *p50_p95(click)))
 
 
+def openvino_decoder_profile(folder: Path, runs: int = 300) -> list[str]:
+    """Where the bf16 single-click decoder's time goes inside OpenVINO (per-node counters of the same no-mask,
+    static-shape graph the backend runs), by node type; [] where bf16 is not available."""
+    import collections
+
+    import openvino as ov
+
+    from napari_ultratinysam.runtime_openvino import OpenVinoBackend
+
+    be = OpenVinoBackend(folder, precision="bf16")
+    x = np.zeros((1, 3, be.image_size, be.image_size), np.float32)
+    core = ov.Core()
+    m = core.read_model(str(folder / "decoder_nomask.onnx"))
+    m.reshape({"point_coords": [1, 1, 2], "point_labels": [1, 1]})
+    req = core.compile_model(m, "CPU", {"INFERENCE_NUM_THREADS": 1, "INFERENCE_PRECISION_HINT": "bf16",
+                                        "SNIPPETS_MODE": "DISABLE", "PERF_COUNT": True}).create_infer_request()
+    feed = {**be.encode(x), "point_coords": np.full((1, 1, 2), 64.0, np.float32),
+            "point_labels": np.ones((1, 1), np.float32)}
+    agg, count = collections.defaultdict(float), collections.Counter()
+    for i in range(runs + 20):
+        req.infer(feed)
+        if i >= 20:
+            for p in req.get_profiling_info():
+                if p.status == p.Status.EXECUTED:
+                    agg[p.node_type] += p.real_time.total_seconds() * 1e6 / runs
+                    count[p.node_type] += 1
+    total = sum(agg.values())
+    rows = sorted(agg.items(), key=lambda kv: -kv[1])
+    out = ["", f"Inside the bf16 single-click decoder (OpenVINO per-node counters, mean of {runs} runs; "
+           f"{total:.0f} us in nodes, the rest of the decoder time is the call itself):", "",
+           "| node type | nodes | us | share |", "|---|---:|---:|---:|"]
+    out += [f"| {k} | {count[k] // runs} | {v:.0f} | {v / total * 100:.0f} % |" for k, v in rows[:8]]
+    rest = sum(v for _, v in rows[8:])
+    out.append(f"| other ({len(rows) - 8} types) | {sum(count[k] for k, _ in rows[8:]) // runs} | {rest:.0f} | "
+               f"{rest / total * 100:.0f} % |")
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer repetitions")
@@ -228,6 +268,8 @@ def main(argv=None) -> int:
                   "mask upsampled + thresholded in its region | click to full mask | mask pixels |",
                   "|---|---:|---:|---:|---:|---:|"]
         ratio += [f"| {b[0]} | {b[1]:.2f} | {b[2]:.2f} | {b[3]:.2f} | {b[4]:.2f} | {b[5]} |" for b in BREAKDOWN]
+        if bf16_supported() and PROFILE_FOLDER:
+            ratio += openvino_decoder_profile(PROFILE_FOLDER[0])
         ratio.append("")
     body = "\n".join([f"`benchmarks/latency.py` on {machine_line()}. p50/p95 over {n_enc} encoder and {n_dec} decoder "
                       "runs for UltraTinySAM; peers fewer runs (their encoders take seconds). Image: the coffee sample resized to 1024x1024, one click at its centre. "
