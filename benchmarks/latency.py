@@ -222,11 +222,12 @@ def openvino_decoder_profile(folder: Path, runs: int = 300) -> list[str]:
     total = sum(agg.values())
     rows = sorted(agg.items(), key=lambda kv: -kv[1])
     out = ["", f"Inside the bf16 single-click decoder (OpenVINO per-node counters, mean of {runs} runs; "
-           f"{total:.0f} us in nodes, the rest of the decoder time is the call itself):", "",
+           f"{total:.0f} us in nodes with the counters on):", "",
            "| node type | nodes | us | share |", "|---|---:|---:|---:|"]
-    out += [f"| {k} | {count[k] // runs} | {v:.0f} | {v / total * 100:.0f} % |" for k, v in rows[:8]]
+    out += [f"| {k} | {round(count[k] / runs)} | {v:.0f} | {v / total * 100:.0f} % |" for k, v in rows[:8]]
     rest = sum(v for _, v in rows[8:])
-    out.append(f"| other ({len(rows) - 8} types) | {sum(count[k] for k, _ in rows[8:]) // runs} | {rest:.0f} | "
+    out.append(f"| other ({len(rows) - 8} types) | {round(sum(count[k] for k, _ in rows[8:]) / runs)} | "
+               f"{rest:.0f} | "
                f"{rest / total * 100:.0f} % |")
     return out
 
