@@ -129,38 +129,34 @@ class Predictor:
             from .runtime import TorchBackend
 
             return cls(TorchBackend(model, threads=threads), **kw)
+        import logging
+
         from .runtime import OnnxBackend, export_onnx
 
+        def fallback(what: str, e: Exception) -> None:  # reduced precision is an optimisation: never fail a load
+            logging.getLogger(__name__).warning("%s (%s); using float ONNX", what,
+                                                str(e).splitlines()[0] if str(e) else type(e).__name__)
+
         chosen = choose_precision(precision)
-        if chosen == "bf16":
-            import logging
-            import tempfile
-
-            from .runtime_openvino import OpenVinoBackend
-
-            folder = Path(tempfile.mkdtemp(prefix="utsam-onnx-"))
-            export_onnx(model, folder)
-            try:
-                return cls(OpenVinoBackend(folder, threads=threads, precision="bf16"), **kw)
-            except Exception as e:  # noqa: BLE001 - an optimisation: never fail a load because of it
-                logging.getLogger(__name__).warning("OpenVINO bf16 failed to load (%s); using float ONNX",
-                                                    str(e).splitlines()[0] if str(e) else type(e).__name__)
-                return cls(OnnxBackend(folder, threads=threads), **kw)
         if chosen == "int8":
-            import logging
-
             from .runtime_quant import int8_folder_for_model
 
             try:
                 folder = _int8_folder() if _int8_folder is not None else int8_folder_for_model(model)
                 return cls(OnnxBackend(folder, threads=threads), **kw)
-            except Exception as e:  # quantization is an optimisation: never fail a load because of it
-                logging.getLogger(__name__).warning("int8 quantization failed (%s); using float ONNX",
-                                                    str(e).splitlines()[0] if str(e) else type(e).__name__)
+            except Exception as e:  # noqa: BLE001
+                fallback("int8 quantization failed", e)
         import tempfile
 
         folder = Path(tempfile.mkdtemp(prefix="utsam-onnx-"))
         export_onnx(model, folder)
+        if chosen == "bf16":  # the float graphs, run by OpenVINO in bf16
+            from .runtime_openvino import OpenVinoBackend
+
+            try:
+                return cls(OpenVinoBackend(folder, threads=threads, precision="bf16"), **kw)
+            except Exception as e:  # noqa: BLE001
+                fallback("OpenVINO bf16 failed to load", e)
         return cls(OnnxBackend(folder, threads=threads), **kw)
 
     @classmethod

@@ -117,16 +117,6 @@ class OnnxBackend:
         return logits[0], iou[0], float(obj[0, 0])
 
 
-class _NoMaskDecoderWrapper(torch.nn.Module):
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, feat_s0, feat_s1, embed, point_coords, point_labels):
-        feats = {"feat_s0": feat_s0, "feat_s1": feat_s1, "embed": embed}
-        return self.model.decode(feats, point_coords, point_labels, None, None)
-
-
 class _EncoderWrapper(torch.nn.Module):
     def __init__(self, model):
         super().__init__()
@@ -142,7 +132,8 @@ class _DecoderWrapper(torch.nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, feat_s0, feat_s1, embed, point_coords, point_labels, mask_input, has_mask_input):
+    def forward(self, feat_s0, feat_s1, embed, point_coords, point_labels, mask_input=None, has_mask_input=None):
+        """Without the mask arguments: the no-mask decoder (dense prompt = the learned no-mask embedding)."""
         feats = {"feat_s0": feat_s0, "feat_s1": feat_s1, "embed": embed}
         return self.model.decode(feats, point_coords, point_labels, mask_input, has_mask_input)
 
@@ -180,7 +171,7 @@ def export_onnx(model, out_dir: str | Path, opset: int = 17) -> Path:
                               dynamic_axes={"point_coords": {1: "num_points"}, "point_labels": {1: "num_points"}},
                               do_constant_folding=True)
         with atomic_path(out / NOMASK_DECODER) as tmp:
-            torch.onnx.export(_NoMaskDecoderWrapper(model).eval(), args[:5], str(tmp), dynamo=False,
+            torch.onnx.export(_DecoderWrapper(model).eval(), args[:5], str(tmp), dynamo=False,
                               opset_version=opset,
                               input_names=["feat_s0", "feat_s1", "embed", "point_coords", "point_labels"],
                               output_names=DECODER_OUTPUTS,

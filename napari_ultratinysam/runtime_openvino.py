@@ -7,7 +7,7 @@ in bf16 (weights and activations) with float32 accumulation.
 
 Why OpenVINO for bf16: onnxruntime's CPU provider has no bf16 convolution / matrix kernels for x86, OpenVINO's CPU
 plugin does (oneDNN with AMX). Measured on a 2-core Sapphire Rapids VM (AMX, 1 thread, BENCHMARKS.md): encoder
-2.2 -> 1.1 ms, decoder 2.0 -> 1.3 ms against onnxruntime float.
+1.99 -> 1.04 ms, decoder 2.14 -> 0.97 ms against onnxruntime float.
 
 The decoder is compiled with a dynamic number of prompt points for prompts with a mask input; prompts without one
 (a first click, hover, a box) run ``decoder_nomask.onnx`` (no mask-input branch), also compiled with static shapes

@@ -181,7 +181,7 @@ class AnnotatorWidget(QWidget):
         self.backend_combo.setToolTip("torch: the model as trained; onnxruntime: the same graph, faster on a CPU; "
                                       "onnxruntime int8: int8 decoder (made once, then cached), masks within "
                                       "~0.5 % IoU of float; openvino bf16: CPUs with AMX / AVX512-BF16, ~2x "
-                                      "faster encoder, same mIoU as float")
+                                      "faster encoder and decoder, mIoU as float's")
         f.addRow("Backend", self.backend_combo)
         self.zoom_check = QCheckBox("zoom-in refinement (small objects in big images)")
         self.zoom_check.setChecked(True)
