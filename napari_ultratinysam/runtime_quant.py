@@ -70,7 +70,7 @@ def choose_precision(requested: str, caps: dict | None = None, openvino: bool | 
     * "bf16": the OpenVINO backend in bf16 (runtime_openvino); ValueError, with the reason, where the CPU has no
       avx512_bf16 / amx_bf16 or the openvino package is missing.
     * "auto": "bf16" where the CPU has AMX bf16 tiles and openvino is installed (measured: encoder ~2x, decoder
-      ~2x faster than onnxruntime float; masks agree with float at mean IoU 0.969, mIoU@1 +0.5 points on CamVid
+      ~2x faster than onnxruntime float; masks agree with float at mean IoU 0.985, mIoU@1 +0.1 points on CamVid
       val, BENCHMARKS.md); else
       "int8" when the CPU has at least AVX2 (AVX2 has int8 dot products; AVX512-VNNI / AVX-VNNI / AMX only make
       int8 faster); else "float". Measured on an AVX2-only CPU: the int8 decoder is ~30 % faster per click at
