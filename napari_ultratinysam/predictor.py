@@ -115,10 +115,12 @@ class Predictor:
     # ------------------------------------------------------------------ factories
     @classmethod
     def from_model(cls, model, backend: str = "torch", threads: int = 1, precision: str = "float",
-                   _int8_folder=None, **kw) -> "Predictor":
+                   _onnx_folder=None, **kw) -> "Predictor":
         """``precision`` ("float", "int8", "bf16", "auto"; onnx backend only): see runtime_quant.choose_precision.
-        The int8 graphs are made once per model and cached; bf16 runs the float graphs on OpenVINO
-        (runtime_openvino). If either fails to load, a warning is logged and onnxruntime float is used."""
+        The ONNX graphs (float, int8) are made once per model and cached (runtime_quant.cached_onnx_folder); bf16
+        runs the float graphs on OpenVINO (runtime_openvino). If int8 or bf16 fails to load, a warning is logged
+        and onnxruntime float is used. ``_onnx_folder(precision)``: the cached folder (from_checkpoint keys it by
+        the checkpoint file's hash)."""
         from .runtime_quant import choose_precision
 
         if backend not in ("torch", "onnx"):
@@ -137,19 +139,24 @@ class Predictor:
             logging.getLogger(__name__).warning("%s (%s); using float ONNX", what,
                                                 str(e).splitlines()[0] if str(e) else type(e).__name__)
 
+        from .runtime_quant import onnx_folder_for_model
+
+        def cached(prec: str) -> Path:
+            return _onnx_folder(prec) if _onnx_folder is not None else onnx_folder_for_model(model, prec)
+
         chosen = choose_precision(precision)
         if chosen == "int8":
-            from .runtime_quant import int8_folder_for_model
-
             try:
-                folder = _int8_folder() if _int8_folder is not None else int8_folder_for_model(model)
-                return cls(OnnxBackend(folder, threads=threads), **kw)
+                return cls(OnnxBackend(cached("int8"), threads=threads), **kw)
             except Exception as e:  # noqa: BLE001
                 fallback("int8 quantization failed", e)
-        import tempfile
+        try:
+            folder = cached("float")
+        except OSError as e:  # e.g. no writable cache folder: export for this session only
+            import tempfile
 
-        folder = Path(tempfile.mkdtemp(prefix="utsam-onnx-"))
-        export_onnx(model, folder)
+            logging.getLogger(__name__).warning("ONNX cache not usable (%s); exporting to a temporary folder", e)
+            folder = export_onnx(model, Path(tempfile.mkdtemp(prefix="utsam-onnx-")))
         if chosen == "bf16":  # the float graphs, run by OpenVINO in bf16
             from .runtime_openvino import OpenVinoBackend
 
@@ -164,12 +171,12 @@ class Predictor:
                         **kw) -> "Predictor":
         from .checkpoints import load_model
 
-        def int8_folder():  # cached by the checkpoint file's hash
-            from .runtime_quant import int8_folder_for_checkpoint
+        def onnx_folder(prec: str) -> Path:  # cached by the checkpoint file's hash
+            from .runtime_quant import onnx_folder_for_checkpoint
 
-            return int8_folder_for_checkpoint(path)
+            return onnx_folder_for_checkpoint(path, prec)
 
-        return cls.from_model(load_model(path), backend=backend, precision=precision, _int8_folder=int8_folder,
+        return cls.from_model(load_model(path), backend=backend, precision=precision, _onnx_folder=onnx_folder,
                               **kw)
 
     @classmethod

@@ -23,6 +23,7 @@ from .io_utils import atomic_path, atomic_write_json
 ENCODER_OUTPUTS = ("feat_s0", "feat_s1", "embed")
 DECODER_OUTPUTS = ["lowres_logits", "iou_predictions", "object_score_logits"]
 NOMASK_DECODER = "decoder_nomask.onnx"  # the decoder for prompts without a mask input (optional in a folder)
+EXPORT_FORMAT = 1  # written to config.json; bump when export_onnx writes other graphs (cached folders are rebuilt)
 
 
 class TorchBackend:
@@ -181,5 +182,5 @@ def export_onnx(model, out_dir: str | Path, opset: int = 17) -> Path:
 
     model.eval()  # export restores the wrappers' train flag; make sure the model is left in eval mode
     atomic_write_json(out / "config.json", {"model": to_dict(cfg), "pixel_mean": PIXEL_MEAN, "pixel_std": PIXEL_STD,
-                                            "opset": opset})
+                                            "opset": opset, "export_format": EXPORT_FORMAT})
     return out

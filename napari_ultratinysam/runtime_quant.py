@@ -318,61 +318,84 @@ def model_key(model) -> str:
     return h.hexdigest()
 
 
-def _is_complete(folder: Path) -> bool:
+def _is_complete(folder: Path, precision: str) -> bool:
+    from .runtime import EXPORT_FORMAT, NOMASK_DECODER
+
     try:
         meta = json.loads((folder / "config.json").read_text())
     except (OSError, ValueError):
         return False
-    return (meta.get("precision") == "int8" and meta.get("quantization", {}).get("format") == QUANT_FORMAT
-            and (folder / "encoder.onnx").is_file() and (folder / "decoder.onnx").is_file())
+    files = ("encoder.onnx", "decoder.onnx") if precision == "int8" else ("encoder.onnx", "decoder.onnx",
+                                                                          NOMASK_DECODER)
+    if not all((folder / f).is_file() for f in files):
+        return False
+    if precision == "int8":
+        return meta.get("precision") == "int8" and meta.get("quantization", {}).get("format") == QUANT_FORMAT
+    return meta.get("precision", "float") == "float" and meta.get("export_format") == EXPORT_FORMAT
 
 
-def int8_folder(key: str, model_fn, calibration: list[np.ndarray] | None = None) -> Path:
-    """The cached int8 folder ``cache_root()/<key[:16]>/int8``; made (export + quantize) on first use.
+def cached_onnx_folder(key: str, model_fn, precision: str = "float",
+                       calibration: list[np.ndarray] | None = None) -> Path:
+    """The cached ONNX folder ``cache_root()/<key[:16]>/<precision>`` ("float": ``export_onnx``; "int8": export +
+    :func:`quantize_onnx_folder`), made on first use and reused by later loads of the same weights.
 
     ``model_fn()`` returns the model to export; it is only called when the folder has to be made. The folder is
     built next to its final place and renamed into it, so a crash never leaves a half-written cache entry and
-    two processes racing both end up with a complete folder. No network access is involved.
+    two processes racing both end up with a complete folder. A folder of an older export or quantization recipe
+    is rebuilt. No network access is involved.
     """
     from .runtime import export_onnx
 
-    if calibration is not None:  # other calibration images make other graphs: another cache entry
+    if precision not in ("float", "int8"):
+        raise ValueError(f"precision must be 'float' or 'int8', got {precision!r}")
+    if calibration is not None and precision == "int8":  # other calibration images make other graphs
         h = hashlib.sha256(key.encode())
         for a in calibration:
             a = np.ascontiguousarray(a)
             h.update(str((a.shape, a.dtype.str)).encode())
             h.update(a.tobytes())
         key = h.hexdigest()
-    final = cache_root() / key[:16] / "int8"
-    if _is_complete(final):
+    final = cache_root() / key[:16] / precision
+    if _is_complete(final, precision):
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=".int8-", dir=final.parent))
+    work = Path(tempfile.mkdtemp(prefix=f".{precision}-", dir=final.parent))
     try:
         export_onnx(model_fn(), work / "float")
-        quantize_onnx_folder(work / "float", work / "int8", calibration=calibration)
-        if final.exists() and not _is_complete(final):
+        made = work / "float"
+        if precision == "int8":
+            made = quantize_onnx_folder(work / "float", work / "int8", calibration=calibration)
+        if final.exists() and not _is_complete(final, precision):
             shutil.rmtree(final, ignore_errors=True)  # stale recipe or a broken entry
         try:
-            os.rename(work / "int8", final)
+            os.rename(made, final)
         except OSError:
-            if not _is_complete(final):  # someone else won the race: fine if their folder is complete
+            if not _is_complete(final, precision):  # someone else won the race: fine if their folder is complete
                 raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return final
 
 
-def int8_folder_for_checkpoint(ckpt_path: str | Path, calibration: list[np.ndarray] | None = None) -> Path:
-    """Cached int8 ONNX folder for a checkpoint, keyed by the sha256 of the checkpoint file."""
+def onnx_folder_for_checkpoint(ckpt_path: str | Path, precision: str = "float",
+                               calibration: list[np.ndarray] | None = None) -> Path:
+    """Cached ONNX folder for a checkpoint, keyed by the sha256 of the checkpoint file."""
     from .checkpoints import load_model
 
     ckpt_path = Path(ckpt_path)
     if not ckpt_path.is_file():
         raise FileNotFoundError(f"checkpoint {ckpt_path}: file not found")
-    return int8_folder(_file_sha256(ckpt_path), lambda: load_model(ckpt_path), calibration)
+    return cached_onnx_folder(_file_sha256(ckpt_path), lambda: load_model(ckpt_path), precision, calibration)
+
+
+def onnx_folder_for_model(model, precision: str = "float", calibration: list[np.ndarray] | None = None) -> Path:
+    """Cached ONNX folder for an in-memory model, keyed by the sha256 of its config and weights."""
+    return cached_onnx_folder(model_key(model), lambda: model, precision, calibration)
+
+
+def int8_folder_for_checkpoint(ckpt_path: str | Path, calibration: list[np.ndarray] | None = None) -> Path:
+    return onnx_folder_for_checkpoint(ckpt_path, "int8", calibration)
 
 
 def int8_folder_for_model(model, calibration: list[np.ndarray] | None = None) -> Path:
-    """Cached int8 ONNX folder for an in-memory model, keyed by the sha256 of its config and weights."""
-    return int8_folder(model_key(model), lambda: model, calibration)
+    return onnx_folder_for_model(model, "int8", calibration)

@@ -11,6 +11,15 @@ REPO = Path(__file__).resolve().parents[1]
 SAMPLE_DATA = REPO / "sample_data"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_onnx_cache(tmp_path_factory):
+    """Exported / quantized ONNX folders go to a folder of this test session, not the user's cache."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("UTSAM_CACHE_DIR", str(tmp_path_factory.mktemp("onnx-cache")))
+    yield
+    mp.undo()
+
+
 def datasets_root() -> Path:
     return Path(os.environ.get("UTSAM_DATASETS", REPO.parent / "shared" / "datasets"))
 

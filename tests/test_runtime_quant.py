@@ -89,7 +89,14 @@ def test_quantization_failure_falls_back_to_float(tiny_model, monkeypatch, caplo
     def boom(*a, **k):
         raise RuntimeError("no quantizer here")
 
-    monkeypatch.setattr(rq, "int8_folder_for_model", boom)
+    real = rq.onnx_folder_for_model
+
+    def boom_int8(model, precision="float", *a, **k):
+        if precision == "int8":
+            boom()
+        return real(model, precision, *a, **k)
+
+    monkeypatch.setattr(rq, "onnx_folder_for_model", boom_int8)
     with caplog.at_level(logging.WARNING):
         p = Predictor.from_model(tiny_model, backend="onnx", precision="int8", zoom_refine=False)
     assert p.backend.precision == "float"
@@ -163,6 +170,29 @@ def test_cache_is_reused(shipped_int8, monkeypatch):
     assert p.backend.precision == "int8" and p.backend.folder == shipped_int8
     assert (shipped_int8 / "decoder.onnx").stat().st_mtime_ns == stamp
     assert rq.cache_root() in shipped_int8.parents
+
+
+def test_float_folder_is_cached_and_rebuilt_when_stale(tiny_model, cache_dir, monkeypatch):
+    """The float export is made once per weights (keyed by their hash) and reused by later loads; a folder of an
+    older export format is rebuilt."""
+    import json
+
+    import napari_ultratinysam.runtime as rt
+
+    folder = rq.onnx_folder_for_model(tiny_model)
+    assert cache_dir in folder.parents and folder.name == "float"
+    assert json.loads((folder / "config.json").read_text())["export_format"] == rt.EXPORT_FORMAT
+    calls = []
+    real_export = rt.export_onnx
+    monkeypatch.setattr(rt, "export_onnx", lambda *a, **k: calls.append(1) or real_export(*a, **k))
+    p = Predictor.from_model(tiny_model, backend="onnx")
+    assert p.backend.folder == folder and calls == []  # reused, not exported again
+    meta = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**meta, "export_format": rt.EXPORT_FORMAT - 1}))
+    assert rq.onnx_folder_for_model(tiny_model) == folder and calls == [1]  # stale: exported again
+    assert json.loads((folder / "config.json").read_text())["export_format"] == rt.EXPORT_FORMAT
+    with pytest.raises(ValueError, match="precision must be 'float' or 'int8'"):
+        rq.cached_onnx_folder("k" * 64, lambda: tiny_model, "bf16")
 
 
 def test_camvid_val_objects_agree(shipped_int8, shipped_float):
