@@ -88,3 +88,30 @@ def load_model(path: str | Path | None = None, config: ModelConfig | None = None
                                   f"the model expects {tuple(own[k].shape)}")
     model.load_state_dict({k: v.to(own[k].dtype) for k, v in sd.items()}, strict=True)
     return model.eval()
+
+
+def average_checkpoints(paths, out: str | Path | None = None, extra: dict | None = None):
+    """The uniform average of the weights of several checkpoints of one architecture (a "model soup": runs that
+    continue from the same checkpoint stay in one basin, and their mean is often better than each). Integer
+    buffers (e.g. BatchNorm's batch counters) are taken from the first. Returns the model; ``out`` also writes it.
+    """
+    paths = [Path(p) for p in paths]
+    if not paths:
+        raise ValueError("average_checkpoints: no checkpoints given")
+    model = load_model(paths[0])
+    own = model.state_dict()
+    acc = {k: v.double().clone() for k, v in own.items() if v.is_floating_point()}
+    for p in paths[1:]:
+        cfg, sd, _ = read_checkpoint(p)
+        if cfg.name != model.cfg.name:
+            raise CheckpointError(f"checkpoint {p}: architecture {cfg.name} differs from {paths[0]}'s "
+                                  f"({model.cfg.name}); only one architecture can be averaged")
+        if set(sd) != set(own) or any(tuple(sd[k].shape) != tuple(own[k].shape) for k in own):
+            raise CheckpointError(f"checkpoint {p}: its weights do not match {paths[0]}'s (keys or shapes)")
+        for k in acc:
+            acc[k] += sd[k].double()
+    model.load_state_dict({**own, **{k: (v / len(paths)).to(own[k].dtype) for k, v in acc.items()}}, strict=True)
+    model.eval()
+    if out is not None:
+        save_checkpoint(model, out, extra={"averaged": [str(p) for p in paths], **(extra or {})})
+    return model

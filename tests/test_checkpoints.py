@@ -58,3 +58,34 @@ def test_failed_save_leaves_previous_file_intact(tmp_path, tiny_model, monkeypat
     with pytest.raises(OSError):
         save_checkpoint(tiny_model, p)
     assert p.read_bytes() == before
+
+
+def test_average_checkpoints(tmp_path, tiny_model):
+    import copy
+
+    from napari_ultratinysam.checkpoints import average_checkpoints
+
+    a = tiny_model
+    b = copy.deepcopy(a)
+    with torch.no_grad():
+        for p in b.parameters():
+            p.add_(1.0)
+    pa, pb = save_checkpoint(a, tmp_path / "a.safetensors"), save_checkpoint(b, tmp_path / "b.safetensors")
+    m = average_checkpoints([pa, pb], out=tmp_path / "soup.safetensors", extra={"why": "test"})
+    for (k, va), vb, vm in zip(a.state_dict().items(), b.state_dict().values(), m.state_dict().values()):
+        if va.is_floating_point():
+            assert torch.allclose(vm, (va + vb) / 2, atol=1e-6), k
+    cfg, sd, extra = read_checkpoint(tmp_path / "soup.safetensors")
+    assert extra["why"] == "test" and extra["averaged"] == [str(pa), str(pb)]
+    assert torch.equal(load_model(tmp_path / "soup.safetensors").state_dict()[k], m.state_dict()[k])
+    with pytest.raises(ValueError, match="no checkpoints"):
+        average_checkpoints([])
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(pb), framework="pt") as f:
+        meta = f.metadata()
+    other = tmp_path / "other.safetensors"  # b's metadata, one weight missing
+    save_file({k: v.contiguous() for k, v in list(b.state_dict().items())[1:]}, str(other), metadata=meta)
+    with pytest.raises(CheckpointError, match="do not match"):
+        average_checkpoints([pa, other])
