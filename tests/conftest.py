@@ -20,8 +20,26 @@ def _private_onnx_cache(tmp_path_factory):
     mp.undo()
 
 
-def datasets_root() -> Path:
-    return Path(os.environ.get("UTSAM_DATASETS", REPO.parent / "shared" / "datasets"))
+@pytest.fixture(scope="session")
+def datasets() -> Path:
+    """Root of the shared real datasets (UTSAM_DATASETS or <repo>/../shared/datasets); skips when absent."""
+    root = Path(os.environ.get("UTSAM_DATASETS", REPO.parent / "shared" / "datasets"))
+    if not root.is_dir():
+        pytest.skip(f"real datasets not available at {root}")
+    return root
+
+
+@pytest.fixture
+def real(datasets: Path):
+    """real(name) -> path of one shared dataset, skipping when that one is absent."""
+
+    def get(name: str) -> Path:
+        p = datasets / name
+        if not p.is_dir():
+            pytest.skip(f"{p} not available")
+        return p
+
+    return get
 
 
 @pytest.fixture(scope="session")

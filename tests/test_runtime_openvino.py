@@ -194,19 +194,14 @@ def test_bf16_keeps_the_high_resolution_trunk_layers_in_float32(onnx_folder):
 
 @needs_bf16
 @pytest.mark.skipif(not DEFAULT_CHECKPOINT.is_file(), reason="no default model in model/")
-def test_bf16_agrees_on_camvid_val_objects():
+def test_bf16_agrees_on_camvid_val_objects(real):
     """The issue's check on a small set (the full split is in BENCHMARKS.md: mean mask IoU 0.985 over 764 objects):
     one click at the interior of each object of the first 10 CamVid val images (70 objects; measured 0.990)."""
-    from conftest import datasets_root
-
     from napari_ultratinysam.data.readers import read_dataset
     from napari_ultratinysam.evaluation.metrics import agreement_iou
     from napari_ultratinysam.prompts import interior_point
 
-    root = datasets_root() / "camvid"
-    if not root.is_dir():
-        pytest.skip("CamVid not available")
-    ds = read_dataset(root, split="val", min_area=2110)  # >= 150 px at 128x128 (the paper's size filter)
+    ds = read_dataset(real("camvid"), split="val", min_area=2110)  # >= 150 px at 128x128 (the paper's size filter)
     fp = Predictor.from_default(backend="onnx")
     bp = Predictor.from_default(backend="onnx", precision="bf16")
     ious = []

@@ -1,7 +1,6 @@
 """int8 ONNX path (runtime_quant): precision choice, the int8 folder, its agreement with float, cache, CLI."""
 import json
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +17,6 @@ REPO = Path(__file__).resolve().parents[1]
 SAMPLE_DATA = REPO / "sample_data"
 
 
-def datasets_root() -> Path:
-    return Path(os.environ.get("UTSAM_DATASETS", REPO.parent / "shared" / "datasets"))
 
 AVX2_ONLY = {"avx2": True}
 NONE = {}
@@ -195,10 +192,8 @@ def test_float_folder_is_cached_and_rebuilt_when_stale(tiny_model, cache_dir, mo
         rq.cached_onnx_folder("k" * 64, lambda: tiny_model, "bf16")
 
 
-def test_camvid_val_objects_agree(shipped_int8, shipped_float):
-    root = datasets_root() / "camvid"
-    if not root.is_dir():
-        pytest.skip("CamVid not available")
+def test_camvid_val_objects_agree(shipped_int8, shipped_float, real):
+    root = real("camvid")
     from napari_ultratinysam.data.readers import read_dataset
     from napari_ultratinysam.prompts import interior_point
 

@@ -1,7 +1,6 @@
 """Fixtures for the data tests: the shared real datasets (skipped when absent) and tiny synthetic files."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -10,31 +9,6 @@ import torch
 from PIL import Image
 
 torch.set_num_threads(1)
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="session")
-def datasets() -> Path:
-    """Root of the shared real datasets (UTSAM_DATASETS or <repo>/../shared/datasets); skips when absent."""
-    root = Path(os.environ.get("UTSAM_DATASETS", REPO.parent / "shared" / "datasets"))
-    if not root.is_dir():
-        pytest.skip(f"real datasets not available at {root}")
-    return root
-
-
-@pytest.fixture
-def real(datasets: Path):
-    """real(name) -> path of one shared dataset, skipping when that one is absent."""
-
-    def get(name: str) -> Path:
-        p = datasets / name
-        if not p.is_dir():
-            pytest.skip(f"{p} not available")
-        return p
-
-    return get
-
 
 def _write_rgb(path: Path, h: int, w: int, seed: int = 0) -> np.ndarray:
     path.parent.mkdir(parents=True, exist_ok=True)
