@@ -40,7 +40,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=1, help="intra-op threads (default 1)")
     p.add_argument("--precision", choices=["auto", "float", "int8", "bf16"], default="float",
                    help="onnx backend: int8 graphs (made once and cached, onnxruntime), bf16 (OpenVINO, CPUs with "
-                        "AMX / AVX512-BF16); auto = bf16 where the CPU has AMX, else int8 where it has AVX2")
+                        "AMX / AVX512-BF16); auto = bf16 where the CPU has AMX / AVX512-BF16, else int8 where it has "
+                        "AVX2")
 
 
 def make_predictor(args, **kw):

@@ -71,6 +71,9 @@ def test_choose_precision():
     assert rq.choose_precision("auto", amx, openvino=True) == "bf16"
     assert rq.choose_precision("auto", amx, openvino=False) == "int8"  # falls back without the package
     assert rq.choose_precision("auto", AVX2_ONLY, openvino=True) == "int8"
+    zen4 = {**AVX2_ONLY, "avx512_vnni": True, "avx512_bf16": True}  # AVX512-BF16 without AMX: bf16 measured faster
+    assert rq.choose_precision("auto", zen4, openvino=True) == "bf16"
+    assert rq.choose_precision("auto", {**zen4, "avx512_bf16": False}, openvino=True) == "int8"
     with pytest.raises(ValueError, match="precision must be one of"):
         rq.choose_precision("fp8")
 

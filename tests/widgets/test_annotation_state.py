@@ -259,7 +259,8 @@ def test_load_predictor_dispatch():
 def test_default_backend_from_capabilities():
     assert default_backend({"avx2": True, "amx_bf16": True}, openvino=True) == "openvino bf16"
     assert default_backend({"avx2": True, "amx_bf16": True}, openvino=False) == "onnxruntime"
-    assert default_backend({"avx2": True, "avx512_bf16": True}, openvino=True) == "onnxruntime"  # no AMX tiles
+    assert default_backend({"avx2": True, "avx512_bf16": True}, openvino=True) == "openvino bf16"  # Zen 4
+    assert default_backend({"avx2": True, "avx512_vnni": True}, openvino=True) == "onnxruntime"
     assert default_backend({}, openvino=True) == "onnxruntime"
 
 
