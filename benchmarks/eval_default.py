@@ -91,6 +91,7 @@ def main() -> int:
     ap.add_argument("--max-objects", type=int, default=150)
     ap.add_argument("--paper", default="camvid_test", help="sets for the paper protocol (comma list, '' = none)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--flip-tta", action="store_true", help="average over the image and its mirror image")
     ap.add_argument("-o", "--output", default="runs/eval_default")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
@@ -98,7 +99,7 @@ def main() -> int:
     from napari_ultratinysam.evaluation.protocols import evaluate_interactive, evaluate_paper
     from napari_ultratinysam.evaluation.report import run_metrics, write_report
 
-    pred = load_predictor(a.checkpoint)
+    pred = load_predictor(a.checkpoint, flip_tta=a.flip_tta)
     runs = {}
     for name in [s for s in a.sets.split(",") if s]:
         t = time.time()

@@ -101,7 +101,7 @@ def cmd_segment(args) -> int:
     if not args.point and not args.box:
         raise ValueError("give at least one --point X,Y[,LABEL] or a --box X0,Y0,X1,Y1")
     image = read_image(args.image)
-    pred = make_predictor(args, zoom_refine=not args.no_zoom)
+    pred = make_predictor(args, zoom_refine=not args.no_zoom, flip_tta=args.flip_tta)
     pred.set_image(image)
     pts = np.array([p[:2] for p in args.point], np.float32) if args.point else None
     lab = np.array([p[2] for p in args.point], np.int64) if args.point else None
@@ -158,6 +158,8 @@ def register(sub) -> None:
     p.add_argument("--box", type=_parse_box, metavar="X0,Y0,X1,Y1")
     p.add_argument("-o", "--output", type=Path, required=True, help="output mask PNG (0/255)")
     p.add_argument("--no-zoom", action="store_true", help="disable zoom-in refinement")
+    p.add_argument("--flip-tta", action="store_true",
+                   help="average over the image and its mirror image (twice the time; ~1 point mIoU better)")
     add_model_args(p)
     p.set_defaults(func=cmd_segment)
 

@@ -103,7 +103,9 @@ def _as_points(points, labels, name="points") -> tuple[np.ndarray, np.ndarray]:
 
 
 class Predictor:
-    def __init__(self, backend, zoom_refine: bool = True, cache_size: int = 16):
+    def __init__(self, backend, zoom_refine: bool = True, cache_size: int = 16, flip_tta: bool = False):
+        """``flip_tta``: average every prediction over the image and its mirror image (twice the time; see
+        runtime.FlipAveragedBackend); a property that can be switched later (cached embeddings are dropped)."""
         self.backend = backend
         self.cfg = backend.cfg
         self.zoom_refine = zoom_refine
@@ -111,6 +113,22 @@ class Predictor:
         self._cache: OrderedDict[Hashable, _Entry] = OrderedDict()
         self._image: np.ndarray | None = None
         self._key: Hashable | None = None
+        self.flip_tta = flip_tta
+
+    @property
+    def flip_tta(self) -> bool:
+        from .runtime import FlipAveragedBackend
+
+        return isinstance(self.backend, FlipAveragedBackend)
+
+    @flip_tta.setter
+    def flip_tta(self, on: bool) -> None:
+        from .runtime import FlipAveragedBackend
+
+        if bool(on) == self.flip_tta:
+            return
+        self.backend = FlipAveragedBackend(self.backend) if on else self.backend.inner
+        self._cache.clear()  # embeddings of the other kind; the current image is encoded again on next use
 
     # ------------------------------------------------------------------ factories
     @classmethod

@@ -70,3 +70,12 @@ def test_unreadable_checkpoint_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "bad.safetensors: not a readable safetensors file" in err
     assert not (tmp_path / "m.png").exists()
+
+
+def test_segment_with_flip_tta(tmp_path, ckpt, capsys):
+    img = tmp_path / "img.png"
+    Image.fromarray(np.random.default_rng(2).integers(0, 255, (64, 80, 3), dtype=np.uint8)).save(img)
+    out = tmp_path / "mask.png"
+    assert main(["segment", str(img), "--point", "30,30", "--checkpoint", str(ckpt), "--flip-tta",
+                 "-o", str(out)]) == 0
+    assert np.asarray(Image.open(out)).shape == (64, 80)

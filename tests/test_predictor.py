@@ -230,3 +230,64 @@ def test_click_zoom_keeps_the_full_view(tiny_model, kw, points, labels):
     assert not r.zoomed and r.mask(0).all()
     first = p.predict(points=points, labels=labels, zoom_refine=False)
     assert p.zoom_in(first) is None
+
+
+def test_flip_tta_encodes_the_mirror_image_and_can_be_switched_off(rec):
+    from napari_ultratinysam.runtime import FlipAveragedBackend
+
+    p = Predictor(rec, flip_tta=True)
+    assert p.flip_tta and isinstance(p.backend, FlipAveragedBackend) and p.backend.lowres_size == rec.lowres_size
+    img = np.zeros((40, 60, 3), np.uint8)
+    p.set_image(img)
+    assert rec.encode_calls == 2  # the image and its mirror image
+    a = p.predict(points=[[10, 20]])
+    assert len(rec.decode_calls) == 2
+    (c0, l0, _), (c1, l1, _) = rec.decode_calls
+    s = rec.image_size
+    np.testing.assert_allclose(c1[:, 0], s - 1 - c0[:, 0])  # the click mirrored (pixel-centre convention)
+    np.testing.assert_allclose(c1[:, 1], c0[:, 1])
+    p.flip_tta = False
+    assert p.backend is rec and not p.flip_tta
+    b = p.predict(points=[[10, 20]])  # the cached embedding was of the other kind: encoded again
+    assert rec.encode_calls == 3 and len(rec.decode_calls) == 3
+    assert a.mask(0).any() and b.mask(0).any()
+    with pytest.raises(ValueError, match="already averages"):
+        FlipAveragedBackend(FlipAveragedBackend(rec))
+
+
+def test_flip_tta_mirror_prompt_is_an_involution_and_keeps_box_corners():
+    from napari_ultratinysam.runtime import FlipAveragedBackend
+
+    class B:
+        image_size = 128
+
+    f = FlipAveragedBackend(B())
+    coords = np.array([[40, 30], [10, 20], [20, 25], [100, 90]], np.float32)
+    labels = np.array([1, 0, 2, 3], np.float32)
+    m = f.mirror_prompt(coords, labels)
+    np.testing.assert_allclose(m, [[87, 30], [117, 20], [28, 25], [108, 90]])  # box x 20..100 -> 28..108
+    np.testing.assert_allclose(f.mirror_prompt(m, labels), coords)
+
+
+def test_flip_averaged_model_is_mirror_equivariant(tiny_model):
+    """Averaging over flips makes the real network exactly mirror-equivariant: the mirror image with the mirrored
+    prompt gives the mirrored logits (and the same scores), for clicks, a box and a mask input."""
+    from napari_ultratinysam.runtime import FlipAveragedBackend, TorchBackend
+
+    inner = TorchBackend(tiny_model)
+    f = FlipAveragedBackend(inner)
+    s, l = inner.image_size, inner.lowres_size
+    x = np.random.default_rng(0).normal(size=(1, 3, s, s)).astype(np.float32)
+    xm = np.ascontiguousarray(x[..., ::-1])
+    coords = np.array([[40, 30], [10, 20], [20, 25], [100, 90]], np.float32)
+    labels = np.array([1, 0, 2, 3], np.float32)
+    mask_in = np.random.default_rng(1).normal(size=(l, l)).astype(np.float32)
+    for mi in (None, mask_in):
+        la, ia, oa = f.decode(f.encode(x), coords, labels, mi)
+        lb, ib, ob = f.decode(f.encode(xm), f.mirror_prompt(coords, labels), labels,
+                              None if mi is None else np.ascontiguousarray(mi[..., ::-1]))
+        np.testing.assert_allclose(lb, la[..., ::-1], atol=1e-4)
+        np.testing.assert_allclose(ib, ia, atol=1e-5)
+        assert abs(ob - oa) < 1e-5
+        plain = inner.decode(inner.encode(x), coords, labels, mi)[0]
+        assert np.abs(plain - la).max() > 1e-3  # the average is not the plain prediction

@@ -111,19 +111,20 @@ class FolderPairs(Sequence[AnnotatedImage]):
 
 
 # -------------------------------------------------------------------------------- model and data
-def load_predictor(checkpoint: str | None = None, onnx: str | None = None) -> Any:
-    """The predictor for ``--checkpoint`` / ``--onnx`` (or the bundled default model)."""
+def load_predictor(checkpoint: str | None = None, onnx: str | None = None, flip_tta: bool = False) -> Any:
+    """The predictor for ``--checkpoint`` / ``--onnx`` (or the bundled default model); ``flip_tta``: averaged over
+    the image and its mirror image (``--flip-tta``)."""
     from ..predictor import Predictor
 
     if checkpoint:
         if not Path(checkpoint).is_file():
             raise FileNotFoundError(f"{checkpoint}: --checkpoint file does not exist")
-        return Predictor.from_checkpoint(checkpoint)
+        return Predictor.from_checkpoint(checkpoint, flip_tta=flip_tta)
     if onnx:
         if not Path(onnx).is_dir():
             raise FileNotFoundError(f"{onnx}: --onnx folder does not exist")
-        return Predictor.from_onnx(onnx)
-    return Predictor.from_default()
+        return Predictor.from_onnx(onnx, flip_tta=flip_tta)
+    return Predictor.from_default(flip_tta=flip_tta)
 
 
 def load_device_predictor(args: argparse.Namespace) -> tuple[Any, str]:
@@ -207,6 +208,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     model_name = None
     if getattr(args, "roi_size", None) is not None and not device:
         raise CliError("--roi-size is only used with --imx500 / --imx500-float")
+    if getattr(args, "flip_tta", False) and device:
+        raise CliError("--flip-tta does not apply to --imx500 / --imx500-float (the camera runs the graph once)")
     dataset = load_dataset(args)
     if len(dataset) == 0:
         raise CliError(f"{args.dataset or args.images}: the dataset has no images")
@@ -229,7 +232,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
                             "note": "prompt baked in, steered by the inference ROI; only click 1 / the box is "
                                     "meaningful; paper 'box' mode on a point graph = a click at the box centre"}}
     else:
-        predictor = load_predictor(args.checkpoint, args.onnx)
+        predictor = load_predictor(args.checkpoint, args.onnx, flip_tta=args.flip_tta)
     progress = not args.quiet
     inter = paper = None
     if protocol in ("noc", "all"):
@@ -240,6 +243,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
         paper = evaluate_paper(predictor, dataset, modes=modes, seed=args.seed, max_images=args.max_images,
                                max_objects=args.max_objects, progress=progress)
     label = args.label or _default_label(args, model_name)
+    if getattr(args, "flip_tta", False):
+        extra["flip_tta"] = True
+        label = label if args.label else f"{label}, flip TTA"
     m = run_metrics(inter, paper, model=model_name or args.checkpoint or args.onnx or "default",
                     dataset=str(args.dataset or args.images), split=args.split, protocol=protocol,
                     seed=args.seed, click_mode=args.click_mode, **extra)
@@ -272,6 +278,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--roi-size", type=int, default=None, metavar="PX",
                    help="with --imx500/--imx500-float: side of the square inference ROI around the click "
                         "(default: min(H, W) of each image)")
+    p.add_argument("--flip-tta", action="store_true",
+                   help="average each prediction over the image and its mirror image (twice the time)")
     p.add_argument("--dataset", metavar="DIR", help="dataset folder in any supported format")
     p.add_argument("--format", default="auto", help="dataset format (default: auto-detect)")
     p.add_argument("--split", default=None, help="dataset split, e.g. test (default: the reader's default)")

@@ -583,7 +583,7 @@ def load_device_predictor(path: str):
 
 class PredictorSession:
     """The predictor and the image it holds. Used ONLY on the worker thread (the predictor is not thread-safe);
-    the GUI thread only sets the plain attributes ``zoom_refine`` and ``spec``."""
+    the GUI thread only sets the plain attributes ``zoom_refine``, ``flip_tta`` and ``spec``."""
 
     def __init__(self, predictor: Any = None, spec: PredictorSpec | None = None,
                  loader: Callable[[PredictorSpec], Any] = load_predictor):
@@ -591,13 +591,18 @@ class PredictorSession:
         self.spec = spec or PredictorSpec()
         self.loader = loader
         self.zoom_refine = False
+        self.flip_tta = False
         self._key: Hashable | None = None
 
     def ensure_predictor(self):
         if self.predictor is None:
             self.predictor = self.loader(self.spec)
             self._key = None
-        return self.predictor
+        p = self.predictor
+        if getattr(p, "flip_tta", None) is not None and p.flip_tta != self.flip_tta:
+            p.flip_tta = self.flip_tta  # drops the predictor's embeddings: the current image is encoded again
+            self._key = None
+        return p
 
     def load(self, spec: PredictorSpec):
         self.predictor = self.loader(spec)

@@ -101,15 +101,15 @@ def test_cli_writes_three_files_with_required_keys(tmp_path, monkeypatch):
     oracle = OraclePredictor(list(commands.FolderPairs(imgs, msks)))
     seen = {}
 
-    def fake_loader(checkpoint=None, onnx=None):
-        seen["args"] = (checkpoint, onnx)
+    def fake_loader(checkpoint=None, onnx=None, flip_tta=False):
+        seen["args"] = (checkpoint, onnx, flip_tta)
         return oracle
 
     monkeypatch.setattr(commands, "load_predictor", fake_loader)
     out = tmp_path / "out"
     rc = cli.main(["evaluate", "--images", str(imgs), "--masks", str(msks), "--max-clicks", "6", "--quiet",
                    "-o", str(out)])
-    assert rc == 0 and seen["args"] == (None, None)
+    assert rc == 0 and seen["args"] == (None, None, False)
     doc = json.loads((out / "metrics.json").read_text())
     assert REQUIRED <= set(doc)
     assert doc["num_objects"] == 4 and doc["noc@85"] == 1.0 and doc["failures@90"] == 0
@@ -121,11 +121,16 @@ def test_cli_writes_three_files_with_required_keys(tmp_path, monkeypatch):
     assert "| NoC@85 | 1.00 |" in md and "| 1click_interior |" in md
     assert (out / "iou_vs_clicks.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
+    rc = cli.main(["evaluate", "--images", str(imgs), "--masks", str(msks), "--max-clicks", "2", "--quiet",
+                   "--protocol", "noc", "--flip-tta", "-o", str(tmp_path / "flip")])
+    assert rc == 0 and seen["args"] == (None, None, True)
+    doc = json.loads((tmp_path / "flip" / "metrics.json").read_text())
+    assert doc["flip_tta"] is True and "flip TTA" in (tmp_path / "flip" / "metrics.md").read_text()
 
 
 def test_cli_protocol_noc_and_argument_errors(tmp_path, monkeypatch, capsys):
     imgs, msks = _write_folders(tmp_path)
-    monkeypatch.setattr(commands, "load_predictor", lambda checkpoint=None, onnx=None: EmptyPredictor())
+    monkeypatch.setattr(commands, "load_predictor", lambda checkpoint=None, onnx=None, **kw: EmptyPredictor())
     out = tmp_path / "o"
     args = _parser().parse_args(["evaluate", "--images", str(imgs), "--masks", str(msks), "--protocol", "noc",
                                  "--max-clicks", "3", "--max-objects", "2", "--quiet", "-o", str(out)])
@@ -137,6 +142,9 @@ def test_cli_protocol_noc_and_argument_errors(tmp_path, monkeypatch, capsys):
     assert rc == 2 and "--masks" in capsys.readouterr().err
     rc = cli.main(["evaluate", "--images", str(imgs), "--masks", str(msks), "--max-clicks", "0", "-o", str(out)])
     assert rc == 2 and "--max-clicks" in capsys.readouterr().err
+    rc = cli.main(["evaluate", "--images", str(imgs), "--masks", str(msks), "--imx500-float", "--flip-tta",
+                   "-o", str(out)])
+    assert rc == 2 and "--flip-tta does not apply" in capsys.readouterr().err
 
 
 def test_report_several_runs(tmp_path):

@@ -438,6 +438,19 @@ def test_zoom_refine_flag_reaches_predictor(annotator, qtbot):
     assert w.session.predictor.calls[-1]["zoom_refine"] is True
 
 
+def test_flip_averaging_checkbox_reaches_predictor_and_reencodes(annotator, qtbot, FakePredictor):
+    pred = FakePredictor()
+    pred.flip_tta = False  # a predictor with the switch (the real one drops its embeddings when it flips)
+    viewer, w = annotator(predictor=pred)
+    n = len(pred.set_image_calls)
+    click(qtbot, w, (30, 40))
+    assert pred.flip_tta is False and len(pred.set_image_calls) == n
+    w.flip_check.setChecked(True)
+    click(qtbot, w, (31, 40))
+    assert pred.flip_tta is True and len(pred.set_image_calls) == n + 1  # the image encoded again, with flips
+    assert w.preview.data.sum() > 0
+
+
 def test_model_picker_loads_off_thread(annotator, qtbot, FakePredictor):
     new = FakePredictor(radius=5)
     specs = []
