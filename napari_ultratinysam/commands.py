@@ -159,7 +159,7 @@ def register(sub) -> None:
     p.add_argument("-o", "--output", type=Path, required=True, help="output mask PNG (0/255)")
     p.add_argument("--no-zoom", action="store_true", help="disable zoom-in refinement")
     p.add_argument("--flip-tta", action="store_true",
-                   help="average over the image and its mirror image (twice the time; ~1 point mIoU better)")
+                   help="average over the image and its mirror image (twice the time; see README)")
     add_model_args(p)
     p.set_defaults(func=cmd_segment)
 

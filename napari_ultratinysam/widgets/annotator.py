@@ -187,10 +187,10 @@ class AnnotatorWidget(QWidget):
         self.zoom_check.setChecked(True)
         self.zoom_check.toggled.connect(self._on_zoom_toggled)
         f.addRow(self.zoom_check)
-        self.flip_check = QCheckBox("flip averaging (also the mirror image: ~1 point better, 2x time)")
-        self.flip_check.setToolTip("every mask is averaged over the image and its mirror image: mIoU@1 on CamVid "
-                                   "val 0.738 -> 0.757, COCO val 0.457 -> 0.469; the encoder and each click take "
-                                   "twice as long")
+        self.flip_check = QCheckBox("flip averaging (the mirror image too: 2x time)")
+        self.flip_check.setToolTip("every mask is averaged over the image and its mirror image; measured on 7 "
+                                   "sets: mIoU after 3 clicks 0.627 -> 0.640, NoC@90 18.1 -> 17.4, the first "
+                                   "click about the same; the encoder and each click take twice as long")
         self.flip_check.toggled.connect(self._on_flip_toggled)
         f.addRow(self.flip_check)
         self.load_btn = QPushButton("Load model")
