@@ -213,3 +213,40 @@ def test_bf16_agrees_on_camvid_val_objects(real):
             pt = [interior_point(m)]
             ious.append(agreement_iou(fp.predict(points=pt).mask(0), bp.predict(points=pt).mask(0)))
     assert len(ious) >= 50 and np.mean(ious) >= 0.98, (len(ious), np.mean(ious))
+
+
+def test_int8_matmul_weights_quantizes_per_output_channel(onnx_folder):
+    """The decoder's matrix products get int8 weights + one scale per output channel; the graph computes the same
+    products within int8 rounding (float precision, so only the weights differ)."""
+    import openvino as ov
+
+    from napari_ultratinysam.runtime_openvino import _compile, int8_matmul_weights
+
+    core = ov.Core()
+    plain = core.read_model(str(onnx_folder / "decoder_nomask.onnx"))
+    m = core.read_model(str(onnx_folder / "decoder_nomask.onnx"))
+    n_big = int8_matmul_weights(m)  # the default size floor
+    m = core.read_model(str(onnx_folder / "decoder_nomask.onnx"))
+    n_all = int8_matmul_weights(m, min_size=1)
+    assert n_all >= 10 and n_all >= n_big
+    consts = [op for op in m.get_ordered_ops() if op.get_type_name() == "Constant"
+              and op.get_output_element_type(0) == ov.Type.i8]
+    assert len(consts) == n_all and all(np.abs(op.get_data()).max() == 127 for op in consts)
+    rng = np.random.default_rng(0)
+    feed = {p.get_any_name(): rng.standard_normal([d.get_length() if d.is_static else 1
+                                                  for d in p.get_partial_shape()]).astype(np.float32)
+            for p in plain.inputs if p.get_any_name() not in ("point_coords", "point_labels")}
+    feed.update(point_coords=np.array([[[30.0, 40.0], [0.0, 0.0]]], np.float32),
+                point_labels=np.array([[1.0, -1.0]], np.float32))
+    a = _compile(core, plain, 1, "float").create_infer_request().infer(feed)
+    b = _compile(core, m, 1, "float").create_infer_request().infer(feed)
+    la, lb = np.array(a.to_tuple()[0]), np.array(b.to_tuple()[0])
+    assert 0 < np.abs(lb - la).max() <= 0.05 * max(1.0, np.abs(la).max())
+    assert np.mean((la > 0) == (lb > 0)) >= 0.99
+
+
+@needs_bf16
+def test_bf16_decoder_has_int8_weights(onnx_folder):
+    assert OpenVinoBackend(onnx_folder, precision="bf16").int8_weight_matmuls > 0
+    assert OpenVinoBackend(onnx_folder, precision="bf16", int8_weights=False).int8_weight_matmuls == 0
+    assert OpenVinoBackend(onnx_folder, precision="float").int8_weight_matmuls == 0
