@@ -160,16 +160,14 @@ class OpenVinoBackend:
             else:
                 enc = _compile(core, enc_model, threads, precision)
             self.float32_convolutions = float32_convolutions(enc)  # of the encoder
-            self.int8_weight_matmuls = 0  # of the one-click decoder (bf16 only)
+            self.int8_weight_matmuls = 0  # over all decoder graphs (bf16 only)
 
             def decoder(path: Path, points: int | None = None):
                 m = core.read_model(str(path))
                 if points is not None:
                     m.reshape({"point_coords": [1, points, 2], "point_labels": [1, points]})
                 if precision == "bf16" and int8_weights:
-                    n_int8 = int8_matmul_weights(m)
-                    if points == 1:
-                        self.int8_weight_matmuls = n_int8
+                    self.int8_weight_matmuls += int8_matmul_weights(m)
                 return m
 
             self._dec_any = _compile(core, decoder(folder / "decoder.onnx"), threads, precision).create_infer_request()
