@@ -53,6 +53,8 @@ class LossConfig:
     focal_alpha: float = -1.0             # < 0: no class weighting. SAM2's 0.25 collapsed short CPU runs to
                                            # empty masks (MODEL_CARD.md); set 0.25 for the original recipe
     focal_gamma: float = 2.0
+    multimask_all: bool = False           # also train the 3 multimask candidates on several clicks and boxes
+                                           # (the paper's protocol picks among them for every prompt)
 
 
 @dataclass

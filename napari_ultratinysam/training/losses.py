@@ -6,7 +6,8 @@ our default: with alpha 0.25 short runs collapsed to all-background masks).
 Logits (B, M, S/4, S/4) are bilinearly upsampled to (S, S); the padding area of the letterboxed input is excluded
 from every pixel average. For a single click (M = 3 candidates) only the candidate with the lowest
 ``focal_w * focal + dice_w * dice`` gets the mask losses (multimask min-loss); the IoU head is supervised on all
-candidates.
+candidates. With ``loss.multimask_all`` every other prompt (several clicks, a box) supervises token 0 and,
+in addition, the min-loss candidate among tokens 1-3.
 """
 from __future__ import annotations
 
@@ -49,39 +50,54 @@ def actual_iou(logits, gt, valid) -> torch.Tensor:
         return torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(inter))
 
 
+def _candidate_terms(logits: torch.Tensor, iou_pred: torch.Tensor, g: torch.Tensor, v: torch.Tensor,
+                     cfg: LossConfig) -> dict[str, torch.Tensor]:
+    """Per-sample terms of one group of candidate masks (B, M, s, s): the min-loss candidate's focal and dice,
+    the IoU head's squared error over the M candidates, the actual IoUs (B, M) and the upsampled logits."""
+    lg = upsample(logits.float(), g.shape[-1])
+    ip = iou_pred.float()
+    foc = focal_per_mask(lg, g, v, cfg.focal_alpha, cfg.focal_gamma)
+    dic = dice_per_mask(lg, g, v)
+    act = actual_iou(lg, g, v)
+    best = (cfg.focal * foc + cfg.dice * dic).argmin(1, keepdim=True)
+    return {"focal": foc.gather(1, best)[:, 0], "dice": dic.gather(1, best)[:, 0],
+            "iou_se": ((ip - act) ** 2).mean(1), "act": act, "ip": ip, "lg": lg}
+
+
 def sam_loss(logits: torch.Tensor, iou_pred: torch.Tensor, obj_logit: torch.Tensor | None, gt: torch.Tensor,
              valid: torch.Tensor, cfg: LossConfig, multimask: bool) -> dict[str, torch.Tensor]:
     """Loss of one decoder pass.
 
     logits (B, 4, s, s) all tokens; iou_pred (B, 4); obj_logit (B, 1) or None; gt, valid (B, S, S) bool.
-    multimask: supervise tokens 1-3 (min-loss) for a single click, else token 0.
+    multimask: supervise tokens 1-3 (min-loss) for a single click, else token 0. With ``cfg.multimask_all`` a
+    prompt that is not a single click supervises token 0 *and* tokens 1-3 (min-loss, IoU head on all 4), so that
+    the three candidates stay usable for several clicks or a box (the paper's protocol picks among them for every
+    prompt); what an interactive user gets (token 0 there) is unchanged.
     Returns dict with 'total', 'focal', 'dice', 'iou', 'obj' (means over the batch), plus 'chosen' (B,) index into
     the 4 tokens of the mask an interactive user would get (highest predicted IoU among the supervised
     candidates), 'chosen_iou' (B,) its actual IoU and 'up' the upsampled logits of the candidates.
     """
     size = gt.shape[-1]
     cand = slice(1, 4) if multimask else slice(0, 1)
-    lg = upsample(logits[:, cand].float(), size)
-    ip = iou_pred[:, cand].float()
     g = gt[:, None].float()
     v = valid[:, None].float()
-    foc = focal_per_mask(lg, g, v, cfg.focal_alpha, cfg.focal_gamma)
-    dic = dice_per_mask(lg, g, v)
-    act = actual_iou(lg, g, v)
+    main = _candidate_terms(logits[:, cand], iou_pred[:, cand], g, v, cfg)
+    foc_b, dic_b, iou_se = main["focal"], main["dice"], main["iou_se"]
+    if cfg.multimask_all and not multimask:
+        extra = _candidate_terms(logits[:, 1:4], iou_pred[:, 1:4], g, v, cfg)
+        foc_b, dic_b = foc_b + extra["focal"], dic_b + extra["dice"]
+        iou_se = (iou_se + 3 * extra["iou_se"]) / 4
     has_obj = (gt.flatten(1).any(1)).float()
-    combo = cfg.focal * foc + cfg.dice * dic
-    best = combo.argmin(1, keepdim=True)
-    foc_b = foc.gather(1, best)[:, 0]
-    dic_b = dic.gather(1, best)[:, 0]
     n = has_obj.sum().clamp_min(1)
     l_focal = (foc_b * has_obj).sum() / n
     l_dice = (dic_b * has_obj).sum() / n
-    l_iou = (((ip - act) ** 2).mean(1) * has_obj).sum() / n
+    l_iou = (iou_se * has_obj).sum() / n
     if obj_logit is not None:
         l_obj = F.binary_cross_entropy_with_logits(obj_logit[:, 0].float(), has_obj)
     else:
         l_obj = logits.new_zeros(())
     total = cfg.focal * l_focal + cfg.dice * l_dice + cfg.iou * l_iou + cfg.obj * l_obj
+    ip, act, lg = main["ip"], main["act"], main["lg"]
     pick = ip.argmax(1)
     return {"total": total, "focal": l_focal.detach(), "dice": l_dice.detach(), "iou": l_iou.detach(),
             "obj": l_obj.detach(), "chosen": pick + cand.start, "chosen_iou": act.gather(1, pick[:, None])[:, 0],

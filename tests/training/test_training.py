@@ -149,6 +149,39 @@ def test_losses_multimask_min_and_padding_excluded():
     assert single["dice"] > 0.9  # token 0 is the bad mask
 
 
+
+def test_losses_multimask_all_trains_the_candidates_on_every_prompt():
+    """loss.multimask_all: several clicks / a box also supervise tokens 1-3 (min-loss, IoU head on all 4); token 0
+    stays what the user gets; a single click is unchanged."""
+    gt = torch.zeros(1, 128, 128, dtype=torch.bool)
+    gt[0, 32:96, 32:96] = True
+    valid = torch.ones(1, 128, 128, dtype=torch.bool)
+    good = torch.where(gt[:, None], 20.0, -20.0)[:, :, ::4, ::4]
+    bad = -good
+    iou = torch.tensor([[1.0, 0.0, 1.0, 0.0]])
+    on, off = LossConfig(multimask_all=True), LossConfig()
+    # token 0 good, candidates all bad: only the option pays for the candidates
+    cands_bad = torch.cat([good, bad, bad, bad], 1)
+    a = sam_loss(cands_bad, iou, None, gt, valid, on, multimask=False)
+    b = sam_loss(cands_bad, iou, None, gt, valid, off, multimask=False)
+    assert float(b["total"]) < 0.1 and float(a["dice"]) > 0.9 and float(a["total"]) > float(b["total"]) + 1
+    assert int(a["chosen"][0]) == 0 and float(a["chosen_iou"][0]) > 0.99
+    # one good candidate (token 2, predicted IoU 1) is enough: min-loss, and the IoU head is right on all 4
+    one_good = torch.cat([good, bad, good, bad], 1)
+    c = sam_loss(one_good, iou, None, gt, valid, on, multimask=False)
+    assert float(c["total"]) < 0.1
+    # the gradient reaches the candidates only with the option
+    lg = cands_bad.clone().requires_grad_(True)
+    sam_loss(lg, iou, None, gt, valid, on, multimask=False)["total"].backward()
+    assert lg.grad[:, 1:].abs().sum() > 0
+    lg2 = cands_bad.clone().requires_grad_(True)
+    sam_loss(lg2, iou, None, gt, valid, off, multimask=False)["total"].backward()
+    assert lg2.grad[:, 1:].abs().sum() == 0
+    # a single click: identical with and without the option
+    s1 = sam_loss(one_good, iou, None, gt, valid, on, multimask=True)
+    s2 = sam_loss(one_good, iou, None, gt, valid, off, multimask=True)
+    assert float(s1["total"]) == float(s2["total"])
+
 def test_lr_schedule():
     cfg = TrainConfig(lr=1.0, min_lr_ratio=0.1, warmup_steps=10)
     assert lr_at(0.0, 0, cfg) == pytest.approx(0.1)
