@@ -90,6 +90,8 @@ class TrainConfig:
     warmup_steps: int = 100
     weight_decay: float = 0.1              # 0 for biases and norm parameters
     grad_clip: float = 1.0                 # L2 norm; 0 = off
+    train_only: list[str] = field(default_factory=list)  # parameter-name prefixes to train (empty: all); frozen
+                                           # batch-norm layers keep their statistics
     prompts: PromptConfig = field(default_factory=PromptConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     data: AugConfig = field(default_factory=AugConfig)

@@ -148,6 +148,28 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def restrict_training(model: nn.Module, prefixes: list[str]) -> int:
+    """Train only the parameters whose names start with one of ``prefixes`` (empty: all); returns how many values
+    are trained. Raises ValueError naming the prefixes when they match no parameter."""
+    prefixes = [str(p) for p in prefixes]
+    n = 0
+    for name, p in model.named_parameters():
+        p.requires_grad_(not prefixes or any(name.startswith(x) for x in prefixes))
+        n += p.numel() if p.requires_grad else 0
+    if n == 0:
+        raise ValueError(f"train_only: {prefixes} match no parameter of the model (e.g. mask_decoder.iou_prediction_head)")
+    return n
+
+
+def set_train_mode(model: nn.Module, on: bool = True) -> None:
+    """model.train(on), but batch-norm layers with frozen parameters stay in eval mode (their statistics too)."""
+    model.train(on)
+    if on:
+        for mod in model.modules():
+            if isinstance(mod, nn.modules.batchnorm._BatchNorm) and not any(p.requires_grad for p in mod.parameters()):
+                mod.eval()
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2 ** 32)
@@ -200,7 +222,7 @@ def validate(step_module: SimulatedStep, val_set: ValSet, batch_size: int = 16) 
         losses += st["first_total"] * nb
         ious += st["miou_first"] * nb
         count += nb
-    model.train(was_training)
+    set_train_mode(model, was_training)
     return {"val_loss": losses / max(1, count), "val_miou1": ious / max(1, count), "val_objects": count}
 
 
@@ -254,7 +276,11 @@ def train(cfg: TrainConfig, progress_callback: ProgressCallback | None = None,
 
     # model + optimiser
     seed_everything(cfg.seed)
-    model = build_training_model(cfg).to(device).train()
+    model = build_training_model(cfg).to(device)
+    n_trained = restrict_training(model, cfg.train_only)
+    set_train_mode(model, True)
+    if main and cfg.train_only:
+        log(f"train_only {cfg.train_only}: {n_trained} of {sum(p.numel() for p in model.parameters())} values trained")
     opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999))
     step_mod = SimulatedStep(model, cfg.prompts, cfg.loss)
     start_step, elapsed_before, best = 0, 0.0, -1.0

@@ -182,6 +182,26 @@ def test_losses_multimask_all_trains_the_candidates_on_every_prompt():
     s2 = sam_loss(one_good, iou, None, gt, valid, off, multimask=True)
     assert float(s1["total"]) == float(s2["total"])
 
+
+def test_train_only_trains_the_named_parameters_and_keeps_the_rest(synthetic_dir, tmp_path):
+    from napari_ultratinysam.checkpoints import save_checkpoint
+    from napari_ultratinysam.network.build import build_model
+
+    init = tmp_path / "init.safetensors"
+    save_checkpoint(build_model("tiny_test"), init)
+    head = "mask_decoder.iou_prediction_head"
+    msgs = []
+    train(_cfg(synthetic_dir, tmp_path / "run", steps=4, init_checkpoint=str(init), train_only=f"[{head}]",
+               **{"loss.iou": 10.0}), log=msgs.append)
+    assert any("train_only" in m and "values trained" in m for m in msgs)
+    a = load_model(init).state_dict()
+    b = load_model(tmp_path / "run" / "last.safetensors").state_dict()
+    changed = {k for k in a if not torch.equal(a[k], b[k])}
+    assert changed and all(k.startswith(head) for k in changed), sorted(changed)[:5]
+    assert any("running_mean" in k for k in a)  # the trunk has batch norms, and their statistics did not move
+    with pytest.raises(ValueError, match="train_only.*match no parameter"):
+        train(_cfg(synthetic_dir, tmp_path / "bad", steps=1, train_only="[no_such_module]"), log=lambda *_: None)
+
 def test_lr_schedule():
     cfg = TrainConfig(lr=1.0, min_lr_ratio=0.1, warmup_steps=10)
     assert lr_at(0.0, 0, cfg) == pytest.approx(0.1)
