@@ -157,7 +157,8 @@ def restrict_training(model: nn.Module, prefixes: list[str]) -> int:
         p.requires_grad_(not prefixes or any(name.startswith(x) for x in prefixes))
         n += p.numel() if p.requires_grad else 0
     if n == 0:
-        raise ValueError(f"train_only: {prefixes} match no parameter of the model (e.g. mask_decoder.iou_prediction_head)")
+        raise ValueError(f"train_only: {prefixes} match no parameter of the model "
+                         "(e.g. mask_decoder.iou_prediction_head)")
     return n
 
 
