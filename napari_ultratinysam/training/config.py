@@ -55,6 +55,8 @@ class LossConfig:
     focal_gamma: float = 2.0
     multimask_all: bool = False           # also train the 3 multimask candidates on several clicks and boxes
                                            # (the paper's protocol picks among them for every prompt)
+    iou_rank: float = 0.0                 # weight of a pairwise ranking term on the IoU head among the candidates
+                                           # of one prompt (trains the pick by predicted IoU); 0 = off
 
 
 @dataclass

@@ -7,7 +7,9 @@ Logits (B, M, S/4, S/4) are bilinearly upsampled to (S, S); the padding area of 
 from every pixel average. For a single click (M = 3 candidates) only the candidate with the lowest
 ``focal_w * focal + dice_w * dice`` gets the mask losses (multimask min-loss); the IoU head is supervised on all
 candidates. With ``loss.multimask_all`` every other prompt (several clicks, a box) supervises token 0 and,
-in addition, the min-loss candidate among tokens 1-3.
+in addition, the min-loss candidate among tokens 1-3. With ``loss.iou_rank`` > 0 the IoU head also gets a pairwise
+ranking term among the candidates of one prompt (the pick is the highest predicted IoU, which the MSE alone does
+not train: it fits each candidate's IoU, not which candidate is best).
 """
 from __future__ import annotations
 
@@ -50,10 +52,29 @@ def actual_iou(logits, gt, valid) -> torch.Tensor:
         return torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(inter))
 
 
+RANK_TAU = 0.05  # temperature of the ranking term: a wrong order by 0.05 predicted IoU costs softplus(1)
+
+
+def rank_loss(iou_pred: torch.Tensor, act: torch.Tensor, tau: float = RANK_TAU) -> torch.Tensor:
+    """Pairwise ranking loss of predicted IoUs (B, M) against actual IoUs (B, M) -> (B,).
+
+    Every pair (i, j) with act_i > act_j costs (act_i - act_j) * softplus((pred_j - pred_i) / tau), averaged over
+    the M (M - 1) / 2 pairs: a wrong order costs in proportion to the IoU a pick by predicted IoU would lose; ties
+    cost nothing. Zero for M = 1.
+    """
+    m = iou_pred.shape[1]
+    if m < 2:
+        return iou_pred.new_zeros(iou_pred.shape[0])
+    w = (act[:, :, None] - act[:, None, :]).clamp_min(0)
+    cost = F.softplus((iou_pred[:, None, :] - iou_pred[:, :, None]) / tau)
+    return (w * cost).sum((1, 2)) / (m * (m - 1) / 2)
+
+
 def _candidate_terms(logits: torch.Tensor, iou_pred: torch.Tensor, g: torch.Tensor, v: torch.Tensor,
                      cfg: LossConfig) -> dict[str, torch.Tensor]:
     """Per-sample terms of one group of candidate masks (B, M, s, s): the min-loss candidate's focal and dice,
-    the IoU head's squared error over the M candidates, the actual IoUs (B, M) and the upsampled logits."""
+    the IoU head's squared error over the M candidates and its ranking term, the actual IoUs (B, M) and the
+    upsampled logits."""
     lg = upsample(logits.float(), g.shape[-1])
     ip = iou_pred.float()
     foc = focal_per_mask(lg, g, v, cfg.focal_alpha, cfg.focal_gamma)
@@ -61,7 +82,7 @@ def _candidate_terms(logits: torch.Tensor, iou_pred: torch.Tensor, g: torch.Tens
     act = actual_iou(lg, g, v)
     best = (cfg.focal * foc + cfg.dice * dic).argmin(1, keepdim=True)
     return {"focal": foc.gather(1, best)[:, 0], "dice": dic.gather(1, best)[:, 0],
-            "iou_se": ((ip - act) ** 2).mean(1), "act": act, "ip": ip, "lg": lg}
+            "iou_se": ((ip - act) ** 2).mean(1), "rank": rank_loss(ip, act), "act": act, "ip": ip, "lg": lg}
 
 
 def sam_loss(logits: torch.Tensor, iou_pred: torch.Tensor, obj_logit: torch.Tensor | None, gt: torch.Tensor,
@@ -82,23 +103,25 @@ def sam_loss(logits: torch.Tensor, iou_pred: torch.Tensor, obj_logit: torch.Tens
     g = gt[:, None].float()
     v = valid[:, None].float()
     main = _candidate_terms(logits[:, cand], iou_pred[:, cand], g, v, cfg)
-    foc_b, dic_b, iou_se = main["focal"], main["dice"], main["iou_se"]
+    foc_b, dic_b, iou_se, rank = main["focal"], main["dice"], main["iou_se"], main["rank"]
     if cfg.multimask_all and not multimask:
         extra = _candidate_terms(logits[:, 1:4], iou_pred[:, 1:4], g, v, cfg)
         foc_b, dic_b = foc_b + extra["focal"], dic_b + extra["dice"]
         iou_se = (iou_se + 3 * extra["iou_se"]) / 4
+        rank = extra["rank"]
     has_obj = (gt.flatten(1).any(1)).float()
     n = has_obj.sum().clamp_min(1)
     l_focal = (foc_b * has_obj).sum() / n
     l_dice = (dic_b * has_obj).sum() / n
     l_iou = (iou_se * has_obj).sum() / n
+    l_rank = (rank * has_obj).sum() / n
     if obj_logit is not None:
         l_obj = F.binary_cross_entropy_with_logits(obj_logit[:, 0].float(), has_obj)
     else:
         l_obj = logits.new_zeros(())
-    total = cfg.focal * l_focal + cfg.dice * l_dice + cfg.iou * l_iou + cfg.obj * l_obj
+    total = cfg.focal * l_focal + cfg.dice * l_dice + cfg.iou * l_iou + cfg.obj * l_obj + cfg.iou_rank * l_rank
     ip, act, lg = main["ip"], main["act"], main["lg"]
     pick = ip.argmax(1)
     return {"total": total, "focal": l_focal.detach(), "dice": l_dice.detach(), "iou": l_iou.detach(),
-            "obj": l_obj.detach(), "chosen": pick + cand.start, "chosen_iou": act.gather(1, pick[:, None])[:, 0],
+            "obj": l_obj.detach(), "rank": l_rank.detach(), "chosen": pick + cand.start, "chosen_iou": act.gather(1, pick[:, None])[:, 0],
             "up": lg.detach().gather(1, pick[:, None, None, None].expand(-1, 1, size, size))[:, 0]}

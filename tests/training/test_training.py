@@ -183,6 +183,31 @@ def test_losses_multimask_all_trains_the_candidates_on_every_prompt():
     assert float(s1["total"]) == float(s2["total"])
 
 
+def test_losses_iou_rank_trains_the_pick_among_the_candidates():
+    """loss.iou_rank: a wrong order of predicted IoUs costs, the right one almost nothing; its gradient raises the
+    best candidate's prediction and lowers the others'; off by default; token 0 alone has nothing to rank."""
+    gt = torch.zeros(1, 128, 128, dtype=torch.bool)
+    gt[0, 32:96, 32:96] = True
+    valid = torch.ones(1, 128, 128, dtype=torch.bool)
+    good = torch.where(gt[:, None], 20.0, -20.0)[:, :, ::4, ::4]
+    half = good.clone()
+    half[..., :12] = -20.0                                  # IoU 0.5
+    logits = torch.cat([good, half, good.neg(), good], 1)   # candidates: 0.5, 0.0, 1.0
+    wrong = torch.tensor([[0.5, 0.9, 0.8, 0.1]])            # candidate 1 (IoU 0.5) ranked first
+    right = torch.tensor([[0.5, 0.5, 0.0, 1.0]])
+    on = LossConfig(iou_rank=1.0)
+    w = sam_loss(logits, wrong, None, gt, valid, on, multimask=True)
+    r = sam_loss(logits, right, None, gt, valid, on, multimask=True)
+    assert float(w["rank"]) > 1.0 > 0.01 > float(r["rank"])
+    assert int(w["chosen"][0]) == 1 and int(r["chosen"][0]) == 3
+    off = sam_loss(logits, wrong, None, gt, valid, LossConfig(), multimask=True)
+    assert float(w["total"]) == pytest.approx(float(off["total"]) + float(w["rank"]), rel=1e-5)
+    ip = wrong.clone().requires_grad_(True)
+    sam_loss(logits, ip, None, gt, valid, LossConfig(iou=0.0, iou_rank=1.0), multimask=True)["total"].backward()
+    assert ip.grad[0, 3] < 0 < ip.grad[0, 1] and ip.grad[0, 0] == 0   # descent raises 3, lowers 1; token 0 unused
+    assert float(sam_loss(logits, wrong, None, gt, valid, on, multimask=False)["rank"]) == 0.0
+
+
 def test_train_only_trains_the_named_parameters_and_keeps_the_rest(synthetic_dir, tmp_path):
     from napari_ultratinysam.checkpoints import save_checkpoint
     from napari_ultratinysam.network.build import build_model
