@@ -94,8 +94,8 @@ def sam_loss(logits: torch.Tensor, iou_pred: torch.Tensor, obj_logit: torch.Tens
     prompt that is not a single click supervises token 0 *and* tokens 1-3 (min-loss, IoU head on all 4), so that
     the three candidates stay usable for several clicks or a box (the paper's protocol picks among them for every
     prompt); what an interactive user gets (token 0 there) is unchanged.
-    Returns dict with 'total', 'focal', 'dice', 'iou', 'obj' (means over the batch), plus 'chosen' (B,) index into
-    the 4 tokens of the mask an interactive user would get (highest predicted IoU among the supervised
+    Returns dict with 'total', 'focal', 'dice', 'iou', 'obj', 'rank' (means over the batch), plus 'chosen' (B,)
+    index into the 4 tokens of the mask an interactive user would get (highest predicted IoU among the supervised
     candidates), 'chosen_iou' (B,) its actual IoU and 'up' the upsampled logits of the candidates.
     """
     size = gt.shape[-1]
@@ -123,5 +123,6 @@ def sam_loss(logits: torch.Tensor, iou_pred: torch.Tensor, obj_logit: torch.Tens
     ip, act, lg = main["ip"], main["act"], main["lg"]
     pick = ip.argmax(1)
     return {"total": total, "focal": l_focal.detach(), "dice": l_dice.detach(), "iou": l_iou.detach(),
-            "obj": l_obj.detach(), "rank": l_rank.detach(), "chosen": pick + cand.start, "chosen_iou": act.gather(1, pick[:, None])[:, 0],
+            "obj": l_obj.detach(), "rank": l_rank.detach(), "chosen": pick + cand.start,
+            "chosen_iou": act.gather(1, pick[:, None])[:, 0],
             "up": lg.detach().gather(1, pick[:, None, None, None].expand(-1, 1, size, size))[:, 0]}
