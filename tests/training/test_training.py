@@ -227,6 +227,7 @@ def test_train_only_trains_the_named_parameters_and_keeps_the_rest(synthetic_dir
     with pytest.raises(ValueError, match="train_only.*match no parameter"):
         train(_cfg(synthetic_dir, tmp_path / "bad", steps=1, train_only="[no_such_module]"), log=lambda *_: None)
 
+
 def test_lr_schedule():
     cfg = TrainConfig(lr=1.0, min_lr_ratio=0.1, warmup_steps=10)
     assert lr_at(0.0, 0, cfg) == pytest.approx(0.1)
