@@ -6,6 +6,7 @@ code) and uses the same loader: :func:`load_config`.
 from __future__ import annotations
 
 import dataclasses
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,21 @@ T = TypeVar("T")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MODEL_DIR = REPO_ROOT / "model"
 CONFIG_DIR = MODEL_DIR / "configs"
+
+
+@dataclass
+class CandidatePick:
+    """A learned choice among a single click's candidates (napari_ultratinysam.pick; fitted by ``utsam fit-pick``):
+    an MLP over the standardised features named in ``features``, one hidden ReLU layer of len(b1) units."""
+
+    features: list[str] = field(default_factory=list)
+    mean: list[float] = field(default_factory=list)
+    std: list[float] = field(default_factory=list)
+    w1: list[float] = field(default_factory=list)  # (hidden, features), row-major
+    b1: list[float] = field(default_factory=list)
+    w2: list[float] = field(default_factory=list)
+    b2: float = 0.0
+    fitted_on: str = ""                    # what data it was fitted on, for the record
 
 
 @dataclass
@@ -44,6 +60,7 @@ class ModelConfig:
     mask_in_chans: int = 16
     multimask_max_points: int = 1          # 3 candidates for prompts with <= this many points and no box (SAM2: 1)
     gate_by_object_score: bool = False     # empty mask when the object-score logit is <= 0
+    candidate_pick: CandidatePick | None = None  # single click: learned choice of candidate (else highest IoU)
 
 
 def _coerce(tp: Any, value: Any, key: str) -> Any:
@@ -61,7 +78,7 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         inner = args[0] if args else Any
         items = [_coerce(inner, v, key) for v in value]
         return tuple(items) if origin is tuple else items
-    if origin is typing.Union or str(origin) == "types.UnionType":
+    if origin is typing.Union or origin is types.UnionType:
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
             return None

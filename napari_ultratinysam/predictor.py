@@ -5,6 +5,9 @@
     r = p.predict(points=[[x, y]], labels=[1])           # decoder only
     r.masks (K, H, W) bool, best first; r.scores (K,); r.lowres (K, l, l) logits; r.object_score
 
+Best first: by predicted IoU, except for a single positive click when the model carries a learned candidate pick
+(``cfg.candidate_pick``, see pick.py): then by that pick, and ``scores`` (still predicted IoUs) need not descend.
+
 Zoom-in refinement (on by default for images larger than twice the model input): after the first pass, the
 region around the object is cropped, encoded at the model resolution, predicted again with the same prompts and
 pasted back, so small objects in big images get the model's full resolution.
@@ -31,10 +34,12 @@ CLICK_ZOOM_MIN_SCORE = 0.4
 
 
 class Prediction:
-    """The candidates of one prediction, best-scored first.
+    """The candidates of one prediction, best first.
 
     ``scores`` (K,) predicted IoU; ``lowres`` (K, l, l) float32 logits over the padded model square (feed one back
-    as ``mask_input``); ``object_score`` (> 0: an object is present); ``zoomed``: zoom-in refinement made the masks.
+    as ``mask_input``); ``object_score`` (> 0: an object is present); ``zoomed``: zoom-in refinement made the masks;
+    ``features`` (K, F) the candidates' pick features (pick.py) for a single positive click with multimask, else None.
+    Candidates are best first (``best_first``): by the learned pick where one was used, so not always by score.
     Full-resolution masks are made on demand: ``mask(i)`` upsamples candidate ``i`` only (inside its own region)
     and keeps it; ``masks`` stacks all of them as (K, H, W) bool. A click that shows only the best mask pays for
     one upsampling, not K.
@@ -42,13 +47,14 @@ class Prediction:
 
     def __init__(self, scores: np.ndarray, lowres: np.ndarray, object_score: float, *,
                  masks: np.ndarray | None = None, render: Callable[[int], np.ndarray] | None = None,
-                 zoomed: bool = False):
+                 zoomed: bool = False, features: np.ndarray | None = None):
         if masks is None and render is None:
             raise ValueError("Prediction needs masks or a render function")
         self.scores = scores
         self.lowres = lowres
         self.object_score = float(object_score)
         self.zoomed = zoomed
+        self.features = features
         self.zoomable = False  # set by the predictor: zoom-in refinement would apply to this prompt
         self.zoom_from: tuple | None = None  # set with zoomable: what Predictor.zoom_in needs (image key, crop, prompt)
         self._render = render
@@ -58,6 +64,8 @@ class Prediction:
 
     def __len__(self) -> int:
         return len(self.scores)
+
+    best_first = True  # candidate 0 is the predictor's choice (callers must not re-sort by score)
 
     def mask(self, i: int = 0) -> np.ndarray:
         """Candidate ``i`` (0 = best) at image resolution, (H, W) bool."""
@@ -103,12 +111,19 @@ def _as_points(points, labels, name="points") -> tuple[np.ndarray, np.ndarray]:
 
 
 class Predictor:
-    def __init__(self, backend, zoom_refine: bool = True, cache_size: int = 16, flip_tta: bool = False):
+    def __init__(self, backend, zoom_refine: bool = True, cache_size: int = 16, flip_tta: bool = False,
+                 use_pick: bool = True):
         """``flip_tta``: average every prediction over the image and its mirror image (twice the time; see
-        runtime.FlipAveragedBackend); a property that can be switched later (cached embeddings are dropped)."""
+        runtime.FlipAveragedBackend); a property that can be switched later (cached embeddings are dropped).
+        ``use_pick``: a single click shows the candidate the model's learned pick prefers (when it has one)."""
         self.backend = backend
         self.cfg = backend.cfg
         self.zoom_refine = zoom_refine
+        self.use_pick = use_pick
+        if self.cfg.candidate_pick is not None:
+            from .pick import check_pick
+
+            check_pick(self.cfg.candidate_pick)
         self.cache_size = max(1, int(cache_size))
         self._cache: OrderedDict[Hashable, _Entry] = OrderedDict()
         self._image: np.ndarray | None = None
@@ -258,7 +273,8 @@ class Predictor:
 
     # ------------------------------------------------------------------ prediction
     def predict(self, points=None, labels=None, box=None, mask_input: np.ndarray | None = None,
-                multimask: bool | None = None, zoom_refine: bool | None = None) -> Prediction:
+                multimask: bool | None = None, zoom_refine: bool | None = None,
+                use_pick: bool | None = None) -> Prediction:
         if self._image is None:
             raise RuntimeError("call set_image(image) before predict()")
         pts, lab = _as_points(points, labels)
@@ -277,8 +293,9 @@ class Predictor:
                 raise ValueError(f"mask_input: expected low-res logits of shape ({l}, {l}), got {mask_input.shape}")
         if multimask is None:
             multimask = bx is None and len(pts) <= self.cfg.multimask_max_points
+        pick = self.use_pick if use_pick is None else bool(use_pick)
         entry = self._embed(self._image, self._key)  # cached (and kept as the most recent: crops do not evict it)
-        res = self._predict_entry(entry, pts, lab, bx, mask_input, multimask)
+        res = self._predict_entry(entry, pts, lab, bx, mask_input, multimask, pick=pick)
         zoom = self.zoom_refine if zoom_refine is None else zoom_refine
         h, w = self._image.shape[:2]
         if max(h, w) > 2 * self.image_size:
@@ -289,9 +306,9 @@ class Predictor:
                 crop, click = self._click_crop(pts[0]), True  # the object may be small: look closer at the click
             res.zoomable = crop is not None  # zoom-in refinement would apply (a caller may ask for it later)
             if crop is not None:
-                res.zoom_from = (self._key, crop, pts, lab, bx, multimask, click)
+                res.zoom_from = (self._key, crop, pts, lab, bx, multimask, click, pick)
             if zoom and crop is not None:
-                z = self._zoom(res, crop, pts, lab, bx, multimask, click)
+                z = self._zoom(res, crop, pts, lab, bx, multimask, click, pick)
                 return res if z is None else z
         return res
 
@@ -302,8 +319,8 @@ class Predictor:
         z = first.zoom_from
         if z is None or z[0] != self._key or self._image is None:
             return None
-        _, crop, pts, lab, bx, multimask, click = z
-        return self._zoom(first, crop, pts, lab, bx, multimask, click)
+        _, crop, pts, lab, bx, multimask, click, pick = z
+        return self._zoom(first, crop, pts, lab, bx, multimask, click, pick)
 
     def _encode_prompt(self, geo: Geometry, pts, lab, bx):
         coords = [geo.to_model(pts)] if len(pts) else []
@@ -313,7 +330,8 @@ class Predictor:
             labels.append(np.array([2, 3], np.float32))
         return np.concatenate(coords).astype(np.float32), np.concatenate(labels).astype(np.float32)
 
-    def _predict_entry(self, entry: _Entry, pts, lab, bx, mask_input, multimask: bool) -> Prediction:
+    def _predict_entry(self, entry: _Entry, pts, lab, bx, mask_input, multimask: bool, zoomed: bool = False,
+                       pick: bool = True) -> Prediction:
         geo = entry.geo
         coords, labels = self._encode_prompt(geo, pts, lab, bx)
         logits, iou, obj = self.backend.decode(entry.feats, coords, labels, mask_input)
@@ -321,8 +339,19 @@ class Predictor:
             logits, iou = logits[1:], iou[1:]
         else:
             logits, iou = logits[:1], iou[:1]
-        order = np.argsort(-iou, kind="stable")
-        logits, iou = np.ascontiguousarray(logits[order], dtype=np.float32), iou[order].astype(np.float32)
+        iou = np.asarray(iou, dtype=np.float32).reshape(-1)
+        rank, feats = iou, None
+        if multimask and len(pts) == 1 and lab[0] == 1 and bx is None and mask_input is None and len(iou) > 1:
+            from .pick import candidate_features, pick_scores
+
+            cell = geo.size / logits.shape[-1]
+            feats = candidate_features(logits, iou, coords[0] / cell,
+                                       tuple(int(np.ceil(v / cell)) for v in geo.new_hw), float(obj), zoomed)
+            if pick and self.cfg.candidate_pick is not None:
+                rank = pick_scores(self.cfg.candidate_pick, feats)
+        order = np.argsort(-rank, kind="stable")
+        logits, iou = np.ascontiguousarray(logits[order], dtype=np.float32), iou[order]
+        feats = None if feats is None else feats[order]
         empty = self.cfg.gate_by_object_score and obj <= 0
         threads = getattr(self.backend, "threads", 1) or 1
 
@@ -333,7 +362,7 @@ class Predictor:
                 torch.set_num_threads(threads)
             return self.upsample_masks(logits[i:i + 1], geo)[0]
 
-        return Prediction(iou, logits, obj, render=render)
+        return Prediction(iou, logits, obj, render=render, features=feats)
 
     @staticmethod
     def _lowres_bbox(pos: np.ndarray, geo: Geometry, margin: int = 1) -> tuple[int, int, int, int] | None:
@@ -429,8 +458,8 @@ class Predictor:
                 :, :, (xs[ix] - box[0]).astype(int)]
         return out
 
-    def _zoom(self, first: Prediction, crop, pts, lab, bx, multimask: bool, click: bool = False
-              ) -> Prediction | None:
+    def _zoom(self, first: Prediction, crop, pts, lab, bx, multimask: bool, click: bool = False,
+              pick: bool = True) -> Prediction | None:
         """Predict again on ``crop`` encoded at the model's resolution. ``click``: a crop centred on a single click
         whose full-view mask was too large to zoom on; its result is kept only when it looks like a whole object
         (its best mask stays inside the crop and scores >= CLICK_ZOOM_MIN_SCORE), else None."""
@@ -441,7 +470,8 @@ class Predictor:
         entry = self._embed(img[cy0:cy1, cx0:cx1], key)
         off = np.array([cx0, cy0], np.float32)
         cb = None if bx is None else bx - np.concatenate([off, off])
-        sub = self._predict_entry(entry, pts - off if len(pts) else pts, lab, cb, None, multimask)
+        sub = self._predict_entry(entry, pts - off if len(pts) else pts, lab, cb, None, multimask, zoomed=True,
+                                  pick=pick)
         lowres = first.lowres  # the full view's logits describe the whole image: they are fed back
         if click:
             if sub.scores[0] < CLICK_ZOOM_MIN_SCORE or not sub.mask(0).any() or \
@@ -454,4 +484,4 @@ class Predictor:
             m[cy0:cy1, cx0:cx1] = sub.mask(i)
             return m
 
-        return Prediction(sub.scores, lowres, sub.object_score, render=render, zoomed=True)
+        return Prediction(sub.scores, lowres, sub.object_score, render=render, zoomed=True, features=sub.features)

@@ -44,7 +44,8 @@ def _ignore_of(item: AnnotatedImage) -> np.ndarray | None:
 def _best(result: Any, hw: tuple[int, int], where: str) -> tuple[np.ndarray, float, np.ndarray | None]:
     """(best mask (H, W) bool, its predicted IoU, its low-res logits or None) from a predictor result."""
     scores = np.asarray(result.scores, dtype=np.float64).reshape(-1)
-    k = int(np.argmax(scores)) if len(scores) else 0
+    # our Prediction is best first (its learned pick may prefer a lower score); other predictors: by score
+    k = 0 if getattr(result, "best_first", False) or not len(scores) else int(np.argmax(scores))
     if callable(getattr(result, "mask", None)) and len(scores):  # our Prediction: upsample the best one only
         masks = np.asarray(result.mask(k))[None]
         ok, mask = masks.shape[1:] == tuple(hw), masks[0]

@@ -99,7 +99,7 @@ class Prompt:
 
 
 class Candidates:
-    """The masks of one prediction, best-scored first, with a cursor for multimask cycling.
+    """The masks of one prediction, best first, with a cursor for multimask cycling.
 
     Built from full masks (K, H, W), or from a predictor result whose ``mask(i)`` makes candidate ``i`` on demand
     (our :class:`~napari_ultratinysam.predictor.Prediction`, which keeps each mask it made): then only the masks
@@ -107,9 +107,10 @@ class Candidates:
     """
 
     def __init__(self, masks: np.ndarray | None, scores: np.ndarray, lowres: np.ndarray | None = None,
-                 get_mask=None):
+                 get_mask=None, best_first: bool = False):
         scores = np.asarray(scores, dtype=np.float32).reshape(-1)
-        order = np.argsort(-scores, kind="stable")  # best first, whatever order the predictor used
+        # best first: as given when the predictor says so (a learned pick), else by score
+        order = np.arange(len(scores)) if best_first else np.argsort(-scores, kind="stable")
         if masks is not None:
             masks = np.asarray(masks, dtype=bool)
             if masks.ndim == 2:
@@ -132,8 +133,8 @@ class Candidates:
     def from_result(cls, r) -> "Candidates":
         lowres = getattr(r, "lowres", None)
         if callable(getattr(r, "mask", None)):
-            return cls(None, r.scores, lowres, get_mask=r.mask)
-        return cls(r.masks, r.scores, lowres)
+            return cls(None, r.scores, lowres, get_mask=r.mask, best_first=getattr(r, "best_first", False))
+        return cls(r.masks, r.scores, lowres, best_first=getattr(r, "best_first", False))
 
     def __len__(self) -> int:
         return len(self.scores)
