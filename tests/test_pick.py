@@ -145,3 +145,14 @@ def test_pick_scores_is_the_mlp():
     f = np.zeros((3, len(PICK_FEATURES)), np.float32)
     f[:, F["stability"]] = [0.2, 0.9, 0.5]
     assert pick_scores(p, f).tolist() == pytest.approx([10.2, 10.9, 10.5])
+
+
+def test_onnx_folder_carries_the_pick(tiny_model, tmp_path):
+    from napari_ultratinysam.runtime import export_onnx, read_onnx_folder
+
+    m = copy.deepcopy(tiny_model)
+    m.cfg = copy.deepcopy(tiny_model.cfg)
+    m.cfg.candidate_pick = prefer("token_2")
+    export_onnx(m, tmp_path)
+    cfg, _ = read_onnx_folder(tmp_path)
+    assert cfg.candidate_pick == m.cfg.candidate_pick

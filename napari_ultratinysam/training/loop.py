@@ -110,7 +110,8 @@ class SimulatedStep(nn.Module):
             stats["miou_last"] = float(out["chosen_iou"].mean())
             if r == rounds:
                 break
-            pred = ((out["up"] > 0) & val).cpu().numpy()
+            best = pc.feedback == "best"  # correct the candidate a good pick would show, not the IoU head's
+            pred = ((out["up_best" if best else "up"] > 0) & val).cpu().numpy()
             new_pts, new_lab = [], []
             for i in range(n):
                 pt, l = prompts.correction_click(gt_np[i], pred[i], rng, pc.prob_from_gt, ignore=~val_np[i])
@@ -118,7 +119,7 @@ class SimulatedStep(nn.Module):
                 new_lab.append(l)
             coords = torch.cat([coords, _points_tensor(new_pts, dev)[:, None]], 1)
             lab = torch.cat([lab, torch.tensor(new_lab, dtype=lab.dtype, device=dev)[:, None]], 1)
-            idx = out["chosen"].to(dev)
+            idx = out["best" if best else "chosen"].to(dev)
             mask_input = logits.detach().gather(1, idx[:, None, None, None].expand(-1, 1, *logits.shape[-2:]))
             multimask = False
         loss = total / steps
@@ -251,6 +252,8 @@ def train(cfg: TrainConfig, progress_callback: ProgressCallback | None = None,
         torch.cuda.set_device(device)
     if not cfg.datasets:
         raise ValueError("train: no datasets configured (datasets: [{path: ...}])")
+    if cfg.prompts.feedback not in ("predicted", "best"):
+        raise ValueError(f"prompts.feedback: must be predicted or best, got {cfg.prompts.feedback!r}")
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else out / "cache"

@@ -96,7 +96,8 @@ def sam_loss(logits: torch.Tensor, iou_pred: torch.Tensor, obj_logit: torch.Tens
     prompt); what an interactive user gets (token 0 there) is unchanged.
     Returns dict with 'total', 'focal', 'dice', 'iou', 'obj', 'rank' (means over the batch), plus 'chosen' (B,)
     index into the 4 tokens of the mask an interactive user would get (highest predicted IoU among the supervised
-    candidates), 'chosen_iou' (B,) its actual IoU and 'up' the upsampled logits of the candidates.
+    candidates), 'chosen_iou' (B,) its actual IoU and 'up' its upsampled logits; 'best' / 'up_best' the same for
+    the candidate of highest actual IoU.
     """
     size = gt.shape[-1]
     cand = slice(1, 4) if multimask else slice(0, 1)
@@ -122,7 +123,10 @@ def sam_loss(logits: torch.Tensor, iou_pred: torch.Tensor, obj_logit: torch.Tens
     total = cfg.focal * l_focal + cfg.dice * l_dice + cfg.iou * l_iou + cfg.obj * l_obj + cfg.iou_rank * l_rank
     ip, act, lg = main["ip"], main["act"], main["lg"]
     pick = ip.argmax(1)
+    best = act.argmax(1)
     return {"total": total, "focal": l_focal.detach(), "dice": l_dice.detach(), "iou": l_iou.detach(),
             "obj": l_obj.detach(), "rank": l_rank.detach(), "chosen": pick + cand.start,
             "chosen_iou": act.gather(1, pick[:, None])[:, 0],
-            "up": lg.detach().gather(1, pick[:, None, None, None].expand(-1, 1, size, size))[:, 0]}
+            "up": lg.detach().gather(1, pick[:, None, None, None].expand(-1, 1, size, size))[:, 0],
+            "best": best + cand.start,
+            "up_best": lg.detach().gather(1, best[:, None, None, None].expand(-1, 1, size, size))[:, 0]}

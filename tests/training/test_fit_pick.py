@@ -53,4 +53,31 @@ def test_fit_pick_bad_input_is_one_line(tiny_ckpt, synthetic_dir, tmp_path, caps
     assert main(["fit-pick", "--checkpoint", str(tiny_ckpt), "--dataset", str(tmp_path / "none"),
                  "--out", str(out)]) == 2
     assert "not found" in capsys.readouterr().err
+    assert main(["fit-pick", "--checkpoint", str(tiny_ckpt), "--dataset", str(synthetic_dir), "--format", "folder",
+                 "--clicks", "centre,corner", "--out", str(out)]) == 2
+    assert "--clicks: unknown ['corner']" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_fit_pick_on_a_training_configs_datasets(tiny_ckpt, synthetic_dir, tmp_path, capsys):
+    cfg = tmp_path / "fit.yaml"
+    cfg.write_text(f"train:\n  datasets:\n    - {{path: {synthetic_dir}, format: folder, split: train, max_images: 6}}\n"
+                   f"  val_datasets:\n    - {{path: {synthetic_dir}, format: folder, split: val}}\n")
+    out = tmp_path / "c.safetensors"
+    rc = main(["fit-pick", "--checkpoint", str(tiny_ckpt), "--out", str(out), "-c", str(cfg), "--min-area", "50",
+               "--max-images", "4"])
+    assert rc == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["fit_prompts"] >= 12 and report["val_prompts"] >= 12
+    cfg_out, _, _ = read_checkpoint(out)
+    assert cfg_out.candidate_pick.fitted_on.startswith(synthetic_dir.name + " train")
+    # a test split is refused; -c and --dataset exclude each other; overrides need -c
+    assert main(["fit-pick", "--checkpoint", str(tiny_ckpt), "--out", str(out), "-c", str(cfg),
+                 "datasets=[{path: " + str(synthetic_dir) + ", format: folder, split: test}]"]) == 2
+    assert "test split" in capsys.readouterr().err
+    assert main(["fit-pick", "--checkpoint", str(tiny_ckpt), "--out", str(out), "-c", str(cfg),
+                 "--dataset", str(synthetic_dir)]) == 2
+    assert "either -c CONFIG" in capsys.readouterr().err
+    assert main(["fit-pick", "--checkpoint", str(tiny_ckpt), "--out", str(out), "--dataset", str(synthetic_dir),
+                 "lr=1"]) == 2
+    assert "need -c CONFIG" in capsys.readouterr().err

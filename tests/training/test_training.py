@@ -206,6 +206,19 @@ def test_losses_iou_rank_trains_the_pick_among_the_candidates():
     sam_loss(logits, ip, None, gt, valid, LossConfig(iou=0.0, iou_rank=1.0), multimask=True)["total"].backward()
     assert ip.grad[0, 3] < 0 < ip.grad[0, 1] and ip.grad[0, 0] == 0   # descent raises 3, lowers 1; token 0 unused
     assert float(sam_loss(logits, wrong, None, gt, valid, on, multimask=False)["rank"]) == 0.0
+    # 'best' is the candidate of highest actual IoU (prompts.feedback=best corrects it), whatever the head says
+    assert int(w["best"][0]) == 3 and int(r["best"][0]) == 3
+    def iou(m):
+        return float((m & gt).sum() / (m | gt).sum())
+
+    assert iou(w["up_best"] > 0) > 0.95 and iou(w["up"] > 0) < 0.8  # "half" loses a quarter
+
+
+def test_prompts_feedback_is_checked_and_runs(synthetic_dir, tmp_path):
+    with pytest.raises(ValueError, match="prompts.feedback: must be predicted or best"):
+        train(_cfg(synthetic_dir, tmp_path / "bad", steps=1, **{"prompts.feedback": "oracle"}), log=lambda *_: None)
+    s = train(_cfg(synthetic_dir, tmp_path / "run", steps=3, **{"prompts.feedback": "best"}), log=lambda *_: None)
+    assert s["steps"] == 3
 
 
 def test_train_only_trains_the_named_parameters_and_keeps_the_rest(synthetic_dir, tmp_path):
