@@ -122,17 +122,29 @@ def first_clicks(mask: np.ndarray, styles: Sequence[str], rng: np.random.Generat
 
 
 def collect_pick_data(predictor, images: Iterable, styles: Sequence[str] = CLICK_STYLES, seed: int = 0,
-                      min_area: int = 0, progress=None) -> PickData:
+                      min_area: int = 0, min_area_128: int = 0, progress=None) -> PickData:
     """Run the predictor's single-click multimask prediction for every object of every (image, masks) item with
-    a click of each style; record each candidate's features and its IoU with the object. ``progress(n)`` is
-    called after each image. The predictor's own pick is bypassed, so the data do not depend on it."""
+    a click of each style; record each candidate's features and its IoU with the object. Objects of fewer than
+    ``min_area`` pixels, or ``min_area_128`` pixels once squashed to 128 x 128 (the paper protocol's object filter),
+    are skipped. ``progress(n)`` is called after each image. The predictor's own pick is bypassed, so the data do
+    not depend on it."""
     from .evaluation import metrics
+    from .evaluation.protocols import squashed_area
 
     data = PickData([], [])
     for n, (image, masks) in enumerate(images):
+        masks = np.asarray(masks, dtype=bool)
+        if not len(masks):
+            continue
+        keep = (masks.reshape(len(masks), -1).sum(1) >= max(1, min_area)) & \
+            (squashed_area(masks) >= max(0, min_area_128))
+        if not keep.any():
+            if progress is not None:
+                progress(n + 1)
+            continue
         predictor.set_image(image)
-        for j, m in enumerate(np.asarray(masks, dtype=bool)):
-            if m.sum() <= max(0, min_area):
+        for j, m in enumerate(masks):
+            if not keep[j]:
                 continue
             rng = np.random.default_rng([seed, n, j])
             for c in first_clicks(m, styles, rng):

@@ -156,3 +156,24 @@ def test_onnx_folder_carries_the_pick(tiny_model, tmp_path):
     export_onnx(m, tmp_path)
     cfg, _ = read_onnx_folder(tmp_path)
     assert cfg.candidate_pick == m.cfg.candidate_pick
+
+
+def test_collect_pick_data_clicks_each_big_enough_object_three_ways(tiny_model, rng):
+    from napari_ultratinysam.pick import collect_pick_data
+
+    p = _predictor_with(tiny_model, prefer("token_3"))  # the data ignore the predictor's own pick
+    image = rng.integers(0, 255, (96, 128, 3)).astype(np.uint8)
+    masks = np.zeros((2, 96, 128), bool)
+    masks[0, 10:60, 20:90] = True     # 3,500 px: about 4,670 px squashed to 128 x 128
+    masks[1, 70:76, 100:106] = True   # 36 px: 48 px squashed
+    seen = []
+    d = collect_pick_data(p, [(image, masks)], progress=seen.append)
+    assert len(d) == 6 and seen == [1]
+    assert all(f.shape == (3, len(PICK_FEATURES)) and i.shape == (3,) for f, i in zip(d.features, d.ious))
+    assert all(np.all((i >= 0) & (i <= 1)) for i in d.ious)
+    assert all(np.all(np.diff(f[:, F["score"]]) <= 0) for f in d.features)  # the plain order, not the pick's
+    assert len(collect_pick_data(p, [(image, masks)], min_area=100)) == 3
+    assert len(collect_pick_data(p, [(image, masks)], min_area_128=150)) == 3
+    assert len(collect_pick_data(p, [(image, masks)], styles=("centre",), min_area_128=5000)) == 0
+    with pytest.raises(ValueError, match="click style 'corner'"):
+        collect_pick_data(p, [(image, masks)], styles=("corner",))

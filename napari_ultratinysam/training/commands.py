@@ -34,6 +34,8 @@ def register(subparsers) -> None:
     q.add_argument("--format", default="auto", help="--dataset's format (default auto)")
     q.add_argument("--val-split", default=None, help="also report the pick on this split of --dataset")
     q.add_argument("--min-area", type=int, default=200, help="skip objects with fewer pixels (default 200)")
+    q.add_argument("--min-area-128", type=int, default=0,
+                   help="skip objects with fewer pixels once squashed to 128x128 (the paper protocol's floor: 150)")
     q.add_argument("--clicks", default=",".join(CLICK_STYLES),
                    help=f"first clicks per object, comma list of {', '.join(CLICK_STYLES)} (default all three)")
     q.add_argument("--max-images", type=int, default=0, help="at most this many images of each dataset (0 = all)")
@@ -89,7 +91,7 @@ def _pick_data(predictor, specs, args, what: str):
         bar = tqdm(total=len(idx), desc=f"fit-pick {what} {spec.path} {spec.split or ''}".rstrip(), unit="img")
         items = ((ds[i].image, ds[i].masks) for i in idx)
         got = collect_pick_data(predictor, items, styles=_click_styles(args.clicks), seed=args.seed,
-                                min_area=args.min_area,
+                                min_area=args.min_area, min_area_128=args.min_area_128,
                                 progress=lambda k: bar.update(1))
         bar.close()
         data.features += got.features
