@@ -53,14 +53,16 @@ def candidate_features(logits: np.ndarray, scores: np.ndarray, click_xy: np.ndar
     f[:, 4] = np.log((area + 1.0) / (h * w))
     f[:, 5] = ((lg > 1).sum(axis=(1, 2)) + 1.0) / ((lg > -1).sum(axis=(1, 2)) + 1.0)
     f[:, 6] = pos[:, iy, ix]
-    for i in range(k):
-        if area[i] == 0:
-            f[i, 7], f[i, 8] = 5.0, 0.0
-            continue
-        ys, xs = np.nonzero(pos[i])
-        f[i, 7] = min(5.0, float(np.hypot(xs.mean() + 0.5 - cx, ys.mean() + 0.5 - cy) / np.sqrt(area[i])))
-        f[i, 8] = area[i] / ((xs.max() - xs.min() + 1) * (ys.max() - ys.min() + 1))
-        f[i, 9] = float(pos[i, 0].any() or pos[i, -1].any() or pos[i, :, 0].any() or pos[i, :, -1].any())
+    rows, cols = pos.any(axis=2), pos.any(axis=1)  # (K, h), (K, w): which rows / columns the mask reaches
+    some = area > 0
+    safe = np.maximum(area, 1.0)
+    mx = pos.sum(axis=1) @ (np.arange(w, dtype=np.float32) + 0.5) / safe  # centroid in cell units
+    my = pos.sum(axis=2) @ (np.arange(h, dtype=np.float32) + 0.5) / safe
+    f[:, 7] = np.where(some, np.minimum(5.0, np.hypot(mx - cx, my - cy) / np.sqrt(safe)), 5.0)
+    bw = w - cols[:, ::-1].argmax(axis=1) - cols.argmax(axis=1)
+    bh = h - rows[:, ::-1].argmax(axis=1) - rows.argmax(axis=1)
+    f[:, 8] = np.where(some, area / np.maximum(bw * bh, 1), 0.0)
+    f[:, 9] = rows[:, 0] | rows[:, -1] | cols[:, 0] | cols[:, -1]
     f[:, 10] = float(zoomed)
     f[:, 11] = float(object_score)
     f[:, 12] = scores - scores.max()

@@ -268,3 +268,20 @@ def test_torchrun_two_processes_matches_single(synthetic_dir, tmp_path):
           f"ddp {vals[0]['val_loss']} -> {vals[1]['val_loss']}")
     assert d_ddp > 0 and d_single > 0
     assert abs(float(vals[1]["val_loss"]) - single["last_val"]["val_loss"]) < 0.35 * d_single
+
+
+def test_fine_tuning_drops_the_init_checkpoints_candidate_pick(synthetic_dir, tmp_path):
+    """A learned candidate pick fits the weights it was fitted on: the fine-tuned checkpoint carries none."""
+    from napari_ultratinysam.checkpoints import read_checkpoint, save_checkpoint
+    from napari_ultratinysam.config import CandidatePick
+    from napari_ultratinysam.network.build import build_model
+    from napari_ultratinysam.pick import PICK_FEATURES
+
+    n = len(PICK_FEATURES)
+    model = build_model("tiny_test")
+    model.cfg.candidate_pick = CandidatePick(features=list(PICK_FEATURES), mean=[0.0] * n, std=[1.0] * n,
+                                             w1=[0.1] * n, b1=[0.0], w2=[1.0], b2=0.0)
+    init = save_checkpoint(model, tmp_path / "init.safetensors")
+    assert read_checkpoint(init)[0].candidate_pick is not None
+    train(_cfg(synthetic_dir, tmp_path / "run", steps=2, init_checkpoint=str(init)), log=lambda *_: None)
+    assert read_checkpoint(tmp_path / "run" / "last.safetensors")[0].candidate_pick is None
