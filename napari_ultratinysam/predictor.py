@@ -45,6 +45,8 @@ class Prediction:
     one upsampling, not K.
     """
 
+    best_first = True  # candidate 0 is the predictor's choice (callers must not re-sort by score)
+
     def __init__(self, scores: np.ndarray, lowres: np.ndarray, object_score: float, *,
                  masks: np.ndarray | None = None, render: Callable[[int], np.ndarray] | None = None,
                  zoomed: bool = False, features: np.ndarray | None = None):
@@ -64,8 +66,6 @@ class Prediction:
 
     def __len__(self) -> int:
         return len(self.scores)
-
-    best_first = True  # candidate 0 is the predictor's choice (callers must not re-sort by score)
 
     def mask(self, i: int = 0) -> np.ndarray:
         """Candidate ``i`` (0 = best) at image resolution, (H, W) bool."""
