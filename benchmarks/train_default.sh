@@ -58,3 +58,7 @@ save_checkpoint(model, "model/ultratinysam.safetensors", extra=extra, half=True)
 import os; os.chmod("model/ultratinysam.safetensors", 0o644)
 print("wrote model/ultratinysam.safetensors from", src, extra)
 PY
+# the learned candidate pick (pick.py) of a single click, fitted on the same training sets (weights unchanged)
+$PY -m napari_ultratinysam.cli fit-pick --checkpoint model/ultratinysam.safetensors -c $CFG --min-area-128 150 \
+    --max-images 60 --out model/ultratinysam.safetensors
+chmod 644 model/ultratinysam.safetensors
