@@ -49,14 +49,14 @@ class Prediction:
 
     def __init__(self, scores: np.ndarray, lowres: np.ndarray, object_score: float, *,
                  masks: np.ndarray | None = None, render: Callable[[int], np.ndarray] | None = None,
-                 zoomed: bool = False, features: np.ndarray | None = None):
+                 zoomed: bool = False, features: np.ndarray | Callable[[], np.ndarray | None] | None = None):
         if masks is None and render is None:
             raise ValueError("Prediction needs masks or a render function")
         self.scores = scores
         self.lowres = lowres
         self.object_score = float(object_score)
         self.zoomed = zoomed
-        self.features = features
+        self._features = features  # or a function that computes them on first use
         self.zoomable = False  # set by the predictor: zoom-in refinement would apply to this prompt
         self.zoom_from: tuple | None = None  # set with zoomable: what Predictor.zoom_in needs (image key, crop, prompt)
         self._render = render
@@ -66,6 +66,12 @@ class Prediction:
 
     def __len__(self) -> int:
         return len(self.scores)
+
+    @property
+    def features(self) -> np.ndarray | None:
+        if callable(self._features):
+            self._features = self._features()
+        return self._features
 
     def mask(self, i: int = 0) -> np.ndarray:
         """Candidate ``i`` (0 = best) at image resolution, (H, W) bool."""
@@ -345,13 +351,19 @@ class Predictor:
             from .pick import candidate_features, pick_scores
 
             cell = geo.size / logits.shape[-1]
-            feats = candidate_features(logits, iou, coords[0] / cell,
-                                       tuple(int(np.ceil(v / cell)) for v in geo.new_hw), float(obj), zoomed)
+            args = (logits, iou, coords[0] / cell, tuple(int(np.ceil(v / cell)) for v in geo.new_hw), float(obj),
+                    zoomed)
+            memo: list[np.ndarray] = []
+
+            def feats() -> np.ndarray:  # token order; computed once, and only when the pick or a caller needs them
+                if not memo:
+                    memo.append(candidate_features(*args))
+                return memo[0]
+
             if pick and self.cfg.candidate_pick is not None:
-                rank = pick_scores(self.cfg.candidate_pick, feats)
+                rank = pick_scores(self.cfg.candidate_pick, feats())
         order = np.argsort(-rank, kind="stable")
         logits, iou = np.ascontiguousarray(logits[order], dtype=np.float32), iou[order]
-        feats = None if feats is None else feats[order]
         empty = self.cfg.gate_by_object_score and obj <= 0
         threads = getattr(self.backend, "threads", 1) or 1
 
@@ -362,7 +374,8 @@ class Predictor:
                 torch.set_num_threads(threads)
             return self.upsample_masks(logits[i:i + 1], geo)[0]
 
-        return Prediction(iou, logits, obj, render=render, features=feats)
+        return Prediction(iou, logits, obj, render=render,
+                          features=None if feats is None else (lambda: feats()[order]))
 
     @staticmethod
     def _lowres_bbox(pos: np.ndarray, geo: Geometry, margin: int = 1) -> tuple[int, int, int, int] | None:
@@ -484,4 +497,5 @@ class Predictor:
             m[cy0:cy1, cx0:cx1] = sub.mask(i)
             return m
 
-        return Prediction(sub.scores, lowres, sub.object_score, render=render, zoomed=True, features=sub.features)
+        return Prediction(sub.scores, lowres, sub.object_score, render=render, zoomed=True,
+                          features=lambda: sub.features)

@@ -177,3 +177,22 @@ def test_collect_pick_data_clicks_each_big_enough_object_three_ways(tiny_model, 
     assert len(collect_pick_data(p, [(image, masks)], styles=("centre",), min_area_128=5000)) == 0
     with pytest.raises(ValueError, match="click style 'corner'"):
         collect_pick_data(p, [(image, masks)], styles=("corner",))
+
+
+def test_features_are_computed_only_when_needed(tiny_model, rng, monkeypatch):
+    import napari_ultratinysam.pick as pick_mod
+
+    calls = []
+    real = pick_mod.candidate_features
+    monkeypatch.setattr(pick_mod, "candidate_features", lambda *a: calls.append(1) or real(*a))
+    image = rng.integers(0, 255, (96, 128, 3)).astype(np.uint8)
+    plain = _predictor_with(tiny_model, None)
+    plain.set_image(image)
+    r = plain.predict(points=[[60, 40]], labels=[1])
+    assert calls == []  # no pick: the hot path does not compute them
+    f = r.features
+    assert f.shape == (3, len(PICK_FEATURES)) and r.features is f and len(calls) == 1
+    picked = _predictor_with(tiny_model, prefer("token_3"))
+    picked.set_image(image)
+    r = picked.predict(points=[[60, 40]], labels=[1])
+    assert len(calls) == 2 and r.features[0, F["token_3"]] == 1 and len(calls) == 2  # reused, not recomputed

@@ -70,7 +70,7 @@ def _click_styles(text: str) -> list[str]:
     return styles
 
 
-def _pick_data(predictor, specs, args, what: str):
+def _pick_data(predictor, specs, args, styles: list[str], what: str):
     from tqdm import tqdm
 
     from ..data.readers import read_dataset
@@ -90,7 +90,7 @@ def _pick_data(predictor, specs, args, what: str):
             raise ValueError(f"dataset {spec.path} (split {spec.split}): no images to fit on")
         bar = tqdm(total=len(idx), desc=f"fit-pick {what} {spec.path} {spec.split or ''}".rstrip(), unit="img")
         items = ((ds[i].image, ds[i].masks) for i in idx)
-        got = collect_pick_data(predictor, items, styles=_click_styles(args.clicks), seed=args.seed,
+        got = collect_pick_data(predictor, items, styles=styles, seed=args.seed,
                                 min_area=args.min_area, min_area_128=args.min_area_128,
                                 progress=lambda k: bar.update(1))
         bar.close()
@@ -113,19 +113,19 @@ def run_fit_pick(args) -> int:
     if args.hidden < 1:
         raise ValueError(f"--hidden: must be >= 1, got {args.hidden}")
     fit_specs, val_specs = _fit_pick_specs(args)
-    _click_styles(args.clicks)
+    styles = _click_styles(args.clicks)
     _, sd, extra = read_checkpoint(args.checkpoint)
     half = any(v.dtype == torch.float16 for v in sd.values())  # keep a half-precision checkpoint half
     model = load_model(args.checkpoint)
     model.cfg.candidate_pick = None  # the data are collected with the plain highest-IoU order
     predictor = Predictor.from_model(model)
-    fit = _pick_data(predictor, fit_specs, args, "fit")
+    fit = _pick_data(predictor, fit_specs, args, styles, "fit")
     names = ", ".join(f"{Path(s.path).name} {s.split or ''}".rstrip() for s in fit_specs)
     pick = fit_candidate_pick(fit, hidden=args.hidden, seed=args.seed, fitted_on=f"{names}: {len(fit)} clicks")
     report = {"fit_prompts": len(fit), "fit_iou_by_score": round(chosen_iou(None, fit), 4),
               "fit_iou_by_pick": round(chosen_iou(pick, fit), 4)}
     if val_specs:
-        val = _pick_data(predictor, val_specs, args, "val")
+        val = _pick_data(predictor, val_specs, args, styles, "val")
         report.update({"val_prompts": len(val), "val_iou_by_score": round(chosen_iou(None, val), 4),
                        "val_iou_by_pick": round(chosen_iou(pick, val), 4)})
     model.cfg.candidate_pick = pick
