@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Regenerates the shipped default model (model/ultratinysam.safetensors) on CPU:
+# Regenerates the shipped default model (napari_ultratinysam/weights/ultratinysam.safetensors) on CPU:
 #   1. equal-budget probe of both trunks (MobileViT-XS from scratch vs EfficientNet-Lite0 with ImageNet weights),
 #   2. the long run with the better one (by validation mIoU@1 on the held-out parts),
 #   3. a continuation from the long run's last checkpoint (lower peak lr, more grayscale images),
 #   4. a second continuation from the first one's best-on-validation checkpoint (a warm restart at peak lr 2e-4),
-#   5. fp16 copy of the second continuation's best-on-validation checkpoint into model/.
+#   5. fp16 copy of the second continuation's best-on-validation checkpoint into napari_ultratinysam/weights/.
 # Zero-shot evaluation for the model card: benchmarks/eval_default.sh.
 # Usage: [PROBE_MIN=3] [LONG_MIN=70] [CONT_MIN=105] [CONT2_MIN=105] [THREADS=1] benchmarks/train_default.sh
 # (the shipped model: PROBE_MIN=3 LONG_MIN=70 CONT_MIN=105 CONT2_MIN=105 THREADS=1 on a shared 2-core CPU; the schedule follows wall time, so
@@ -19,6 +19,7 @@ THREADS=${THREADS:-1}
 PY=${PY:-.venv/bin/python}
 export OMP_NUM_THREADS=$THREADS
 CFG=model/configs/train_scratch.yaml
+OUT=napari_ultratinysam/weights/ultratinysam.safetensors
 for preset in ultratinysam_effnet ultratinysam; do
   if [ ! -f runs/probe_$preset/done ]; then
     $PY -m napari_ultratinysam.cli train -c $CFG model=$preset threads=$THREADS steps=1000000 \
@@ -54,11 +55,10 @@ _, _, extra = read_checkpoint(src)
 extra.update({"source": src, "recipe": "model/configs/train_scratch.yaml via benchmarks/train_default.sh "
               "(long run + continuation + second continuation)"})
 model = load_model(src)
-save_checkpoint(model, "model/ultratinysam.safetensors", extra=extra, half=True)
-import os; os.chmod("model/ultratinysam.safetensors", 0o644)
-print("wrote model/ultratinysam.safetensors from", src, extra)
+save_checkpoint(model, "napari_ultratinysam/weights/ultratinysam.safetensors", extra=extra, half=True)
+import os; os.chmod("napari_ultratinysam/weights/ultratinysam.safetensors", 0o644)
+print("wrote napari_ultratinysam/weights/ultratinysam.safetensors from", src, extra)
 PY
 # the learned candidate pick (pick.py) of a single click, fitted on the same training sets (weights unchanged)
-$PY -m napari_ultratinysam.cli fit-pick --checkpoint model/ultratinysam.safetensors -c $CFG --min-area-128 150 \
-    --max-images 60 --out model/ultratinysam.safetensors
-chmod 644 model/ultratinysam.safetensors
+$PY -m napari_ultratinysam.cli fit-pick --checkpoint $OUT -c $CFG --min-area-128 150 --max-images 60 --out $OUT
+chmod 644 $OUT

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import torch
 
-from .config import MODEL_DIR, ModelConfig, from_dict, to_dict
+from .config import ModelConfig, from_dict, to_dict
 from .io_utils import atomic_path
+from .paths import DEFAULT_CHECKPOINT
 
 FORMAT = "utsam-checkpoint-v1"
-DEFAULT_CHECKPOINT = MODEL_DIR / "ultratinysam.safetensors"
 
 
 class CheckpointError(ValueError):
@@ -64,7 +64,7 @@ def read_checkpoint(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tens
 def load_model(path: str | Path | None = None, config: ModelConfig | None = None):
     """Build the model a checkpoint describes and load its weights (strict).
 
-    ``path=None`` loads the shipped default weights (model/ultratinysam.safetensors).
+    ``path=None`` loads the shipped default weights (paths.DEFAULT_CHECKPOINT, inside the package).
     ``config`` (optional) must match the checkpoint's architecture.
     """
     from .network.build import build_model

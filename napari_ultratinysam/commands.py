@@ -147,7 +147,7 @@ def cmd_export_onnx(args) -> int:
 
 def register(sub) -> None:
     p = sub.add_parser("info", help="parameters and MACs per part of a model")
-    p.add_argument("--config", default="ultratinysam", help="preset name in model/configs or a YAML path")
+    p.add_argument("--config", default="ultratinysam", help="model preset name or a YAML path")
     p.add_argument("--checkpoint", type=Path, help="describe this checkpoint instead of a preset")
     p.set_defaults(func=cmd_info)
 
@@ -171,5 +171,5 @@ def register(sub) -> None:
     p.add_argument("--precision", choices=["float", "int8"], default="float",
                    help="int8: dynamic int8 decoder, static int8 encoder when it agrees with float")
     p.add_argument("--calibration", type=Path, metavar="DIR",
-                   help="images for the int8 encoder's calibration (default: sample_data/ with flips and crops)")
+                   help="images for the int8 encoder's calibration (default: the sample images, flipped and cropped)")
     p.set_defaults(func=cmd_export_onnx)

@@ -14,11 +14,9 @@ from typing import Any, TypeVar
 
 import yaml
 
-T = TypeVar("T")
+from .paths import model_preset
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-MODEL_DIR = REPO_ROOT / "model"
-CONFIG_DIR = MODEL_DIR / "configs"
+T = TypeVar("T")
 
 
 @dataclass
@@ -38,7 +36,7 @@ class CandidatePick:
 
 @dataclass
 class ModelConfig:
-    """UltraTinySAM architecture. Defaults = the paper's model (model/configs/ultratinysam.yaml)."""
+    """UltraTinySAM architecture. Defaults = the paper's model (the preset configs/ultratinysam.yaml)."""
 
     name: str = "ultratinysam"
     image_size: int = 128
@@ -161,12 +159,10 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
 
 
 def resolve_model_config(name_or_path: str | Path | None) -> ModelConfig:
-    """A preset name in model/configs (e.g. 'ultratinysam') or a YAML path -> ModelConfig."""
+    """A model preset name (e.g. 'ultratinysam', shipped in the package's configs/) or a YAML path -> ModelConfig."""
     if name_or_path is None:
         return ModelConfig()
-    p = Path(name_or_path)
-    if not p.suffix and (CONFIG_DIR / f"{p}.yaml").is_file():
-        p = CONFIG_DIR / f"{p}.yaml"
+    p = model_preset(name_or_path) or Path(name_or_path)
     data = read_yaml(p)
     if "model" in data and isinstance(data["model"], dict):
         data = data["model"]

@@ -220,7 +220,7 @@ class Predictor:
 
     @classmethod
     def from_default(cls, backend: str = "torch", precision: str = "float", **kw) -> "Predictor":
-        """The shipped default weights (model/ultratinysam.safetensors)."""
+        """The shipped default weights (napari_ultratinysam/weights/ultratinysam.safetensors)."""
         from .checkpoints import DEFAULT_CHECKPOINT
 
         return cls.from_checkpoint(DEFAULT_CHECKPOINT, backend=backend, precision=precision, **kw)

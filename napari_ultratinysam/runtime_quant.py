@@ -14,7 +14,8 @@ What the int8 folder holds (measured on an AVX2-only AMD EPYC, 1 thread, shipped
   int16 and gave outliers (single clicks at IoU 0.2); u8 x u8 does not. Decoder ~3.2 -> ~2.2 ms,
   mask IoU vs float >= 0.998.
 * encoder.onnx: static QDQ int8 (``quantize_static``, per-channel int8 weights, reduce_range, uint8 activations,
-  MinMax calibration on letterboxed real RGB images: sample_data/ plus flips and crops, or the caller's images).
+  MinMax calibration on letterboxed real RGB images: the package's sample images plus flips and crops, or the
+  caller's images).
   It is KEPT ONLY IF its masks agree with the float encoder's (mean IoU >= ``encoder_min_iou``, default 0.98,
   measured on the calibration images with the float decoder); otherwise the float encoder is copied and
   config.json says why. For the shipped EfficientNet-Lite0 encoder the int8 encoder is ~30-50 % faster but
@@ -101,14 +102,14 @@ def choose_precision(requested: str, caps: dict | None = None, openvino: bool | 
 
 # ---------------------------------------------------------------------------------------------- calibration
 def default_calibration_images() -> list[np.ndarray]:
-    """The RGB images in sample_data/ (instance maps excluded), each also flipped both ways and cropped to its
+    """The package's sample images (instance maps excluded), each also flipped both ways and cropped to its
     top half, right half and centre: 6 images per sample."""
     from PIL import Image
 
-    from .config import REPO_ROOT
+    from .paths import SAMPLE_DIR
 
     out: list[np.ndarray] = []
-    folder = REPO_ROOT / "sample_data"
+    folder = SAMPLE_DIR
     for p in sorted(folder.iterdir()) if folder.is_dir() else []:
         if p.suffix.lower() not in (".jpg", ".jpeg", ".png") or "instances" in p.stem:
             continue
@@ -244,7 +245,7 @@ def quantize_onnx_folder(src: str | Path, dst: str | Path, calibration: list[np.
     size = int(meta["model"]["image_size"])
     images = default_calibration_images() if calibration is None else list(calibration)
     if not images:
-        raise ValueError("quantization needs calibration images (none given and sample_data/ has none)")
+        raise ValueError("quantization needs calibration images (none given and the package's samples/ has none)")
     prepared = _prepared(images, size)
     dst.mkdir(parents=True, exist_ok=True)
     record: dict = {"format": QUANT_FORMAT, "onnxruntime": onnxruntime.__version__,

@@ -8,7 +8,6 @@ import torch
 torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
-SAMPLE_DATA = REPO / "sample_data"
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -7,13 +7,14 @@ import pytest
 
 from napari_ultratinysam import runtime_quant as rq
 from napari_ultratinysam.checkpoints import DEFAULT_CHECKPOINT
+from napari_ultratinysam.paths import SAMPLE_DIR
 from napari_ultratinysam.predictor import Predictor
 from napari_ultratinysam.runtime import OnnxBackend, export_onnx
 
 pytest.importorskip("openvino")
 from napari_ultratinysam.runtime_openvino import OpenVinoBackend  # noqa: E402
 
-SAMPLES = DEFAULT_CHECKPOINT.parents[1] / "sample_data"
+SAMPLES = SAMPLE_DIR
 BF16_CPU = {"avx2": True, "avx512_bf16": True, "amx_bf16": True}
 _caps = rq.cpu_capabilities()
 HAS_BF16 = bool(_caps.get("avx512_bf16") or _caps.get("amx_bf16"))  # OpenVINO refuses bf16 on other CPUs
@@ -145,7 +146,7 @@ def test_predictor_falls_back_to_float_when_openvino_fails(tiny_model, monkeypat
 
 
 @needs_bf16
-@pytest.mark.skipif(not DEFAULT_CHECKPOINT.is_file(), reason="no default model in model/")
+@pytest.mark.skipif(not DEFAULT_CHECKPOINT.is_file(), reason="no default weights in the package")
 def test_bf16_masks_agree_with_float_on_the_shipped_model():
     """bf16 (encoder and decoder) against onnxruntime float, shipped weights, one click and one box per object of
     the shapes and coins samples (measured: mean mask IoU 0.998, median 0.999, lowest 0.975, with the trunk's
@@ -193,7 +194,7 @@ def test_bf16_keeps_the_high_resolution_trunk_layers_in_float32(onnx_folder):
 
 
 @needs_bf16
-@pytest.mark.skipif(not DEFAULT_CHECKPOINT.is_file(), reason="no default model in model/")
+@pytest.mark.skipif(not DEFAULT_CHECKPOINT.is_file(), reason="no default weights in the package")
 def test_bf16_agrees_on_camvid_val_objects(real):
     """The issue's check on a small set (the full split is in BENCHMARKS.md: mean mask IoU 0.983 over 764 objects):
     one click at the interior of each object of the first 10 CamVid val images (70 objects; measured 0.988 on an

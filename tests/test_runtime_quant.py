@@ -1,7 +1,6 @@
 """int8 ONNX path (runtime_quant): precision choice, the int8 folder, its agreement with float, cache, CLI."""
 import json
 import logging
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,12 +9,9 @@ from PIL import Image
 from napari_ultratinysam import runtime_quant as rq
 from napari_ultratinysam.checkpoints import DEFAULT_CHECKPOINT, save_checkpoint
 from napari_ultratinysam.cli import main
+from napari_ultratinysam.paths import SAMPLE_DIR as SAMPLE_DATA
 from napari_ultratinysam.predictor import Predictor
 from napari_ultratinysam.runtime import OnnxBackend
-
-REPO = Path(__file__).resolve().parents[1]
-SAMPLE_DATA = REPO / "sample_data"
-
 
 
 AVX2_ONLY = {"avx2": True}

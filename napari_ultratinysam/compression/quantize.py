@@ -177,9 +177,9 @@ def _builtin_images() -> list[tuple[str, np.ndarray]]:
 
 def default_calibration_source() -> Path | None:
     """The bundled sample data, when it holds anything; else None (scikit-image photos are used)."""
-    from ..config import REPO_ROOT
+    from ..paths import SAMPLE_DIR
 
-    p = REPO_ROOT / "sample_data"
+    p = SAMPLE_DIR
     if p.is_dir() and any(c for c in p.iterdir() if not c.name.startswith(".")):
         return p
     return None

@@ -10,8 +10,8 @@ from .model import UltraTinySAM
 
 
 def build_model(config: ModelConfig | str | Path | None = None) -> UltraTinySAM:
-    """Build UltraTinySAM from a ModelConfig, a preset name in model/configs, or a YAML path (random init
-    except for pretrained trunk weights the config asks for)."""
+    """Build UltraTinySAM from a ModelConfig, a model preset name (the package's configs/) or a YAML path (random
+    init except for pretrained trunk weights the config asks for)."""
     cfg = config if isinstance(config, ModelConfig) else resolve_model_config(config)
     torch.manual_seed(0)  # deterministic init, so two builds of one config are equal (the PE buffer included)
     model = UltraTinySAM(cfg)

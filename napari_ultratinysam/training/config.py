@@ -1,15 +1,16 @@
 """TrainConfig: everything a training or fine-tuning run needs, loaded from YAML plus ``key=value`` overrides.
 
-Presets: model/configs/train_scratch.yaml (train from a model preset) and model/configs/finetune.yaml (fine-tune a
-checkpoint on one CamVid-style dataset). ``utsam train -c PRESET.yaml lr=1e-4 data.copy_paste_p=0`` overrides any
-key, dotted for nested sections.
+Presets (in a source checkout): model/configs/train_scratch.yaml (train from a model preset) and
+model/configs/finetune.yaml (fine-tune a checkpoint on one CamVid-style dataset).
+``utsam train -c PRESET.yaml lr=1e-4 data.copy_paste_p=0`` overrides any key, dotted for nested sections.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config import CONFIG_DIR, load_config, read_yaml
+from ..config import load_config, read_yaml
+from ..paths import training_preset
 
 
 @dataclass
@@ -79,7 +80,7 @@ class AugConfig:
 class TrainConfig:
     """A training or fine-tuning run. Defaults train the EfficientNet-Lite0 preset for a short CPU run."""
 
-    model: str = "ultratinysam_effnet"     # preset name in model/configs or a model YAML
+    model: str = "ultratinysam_effnet"     # model preset name (the package's configs/) or a model YAML
     init_checkpoint: str | None = None     # start from these weights (fine-tuning); overrides `model`
     datasets: list[DatasetSpec] = field(default_factory=list)
     val_datasets: list[DatasetSpec] = field(default_factory=list)
@@ -114,11 +115,9 @@ class TrainConfig:
 
 
 def load_train_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
-    """YAML file (a preset name in model/configs works too) + ``key=value`` overrides -> TrainConfig."""
+    """YAML file (a preset name in a checkout's model/configs works too) + ``key=value`` overrides -> TrainConfig."""
     if path is not None:
-        p = Path(path)
-        if not p.suffix and (CONFIG_DIR / f"{p}.yaml").is_file():
-            path = CONFIG_DIR / f"{p}.yaml"
+        path = training_preset(path)
         data = read_yaml(path)
         if "train" in data and isinstance(data["train"], dict):
             return load_config(TrainConfig, path, overrides, section="train")

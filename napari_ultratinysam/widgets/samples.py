@@ -1,7 +1,7 @@
-"""Sample data for ``File > Open Sample > UltraTinySAM``: the images in the repository's ``sample_data/`` folder.
+"""Sample data for ``File > Open Sample > UltraTinySAM``: the images shipped in the package (``samples/``).
 
 Each function returns napari layer-data tuples: the image, plus its reference instance masks as a Labels layer
-(``<name> instances``) when ``<stem>_instances.png`` exists. Licences: ``sample_data/LICENSE.md``.
+(``<name> instances``) when ``<stem>_instances.png`` exists. Licences: ``napari_ultratinysam/samples/LICENSE.md``.
 """
 from __future__ import annotations
 
@@ -9,21 +9,14 @@ from pathlib import Path
 
 import numpy as np
 
-SAMPLES: dict[str, str] = {  # sample key -> file name in sample_data/
+from ..paths import sample_dir
+
+SAMPLES: dict[str, str] = {  # sample key -> file name in the package's samples/
     "coins": "coins.png",
     "shapes": "shapes.png",
     "coffee": "coffee.jpg",
     "chelsea": "chelsea.jpg",
 }
-
-
-def sample_dir() -> Path:
-    """The sample folder: inside the package if it was installed there, else the source checkout's."""
-    here = Path(__file__).resolve()
-    for cand in (here.parents[1] / "sample_data", here.parents[2] / "sample_data"):
-        if cand.is_dir():
-            return cand
-    raise FileNotFoundError(f"sample_data: folder not found next to {here.parents[1]} (install from a source checkout)")
 
 
 def _read(path: Path) -> np.ndarray:

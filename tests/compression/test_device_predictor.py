@@ -173,7 +173,7 @@ def _objects_dataset(n_images: int = 2):
         return [ds[i] for i in range(n_images)]
     from napari_ultratinysam.data.types import AnnotatedImage
 
-    root = Path(__file__).resolve().parents[2] / "sample_data"
+    from napari_ultratinysam.paths import SAMPLE_DIR as root
     items = []
     for stem in ("shapes", "coins")[:n_images]:
         img = np.asarray(Image.open(root / f"{stem}.png").convert("RGB"))

@@ -1,18 +1,17 @@
-"""The shipped default model (model/ultratinysam.safetensors) segments the bundled samples: one positive click at
-the interior of a clear object gives IoU >= 0.8 with its stored mask; a box gives every coin."""
-from pathlib import Path
-
+"""The shipped default model (napari_ultratinysam/weights/ultratinysam.safetensors) segments the bundled samples:
+one positive click at the interior of a clear object gives IoU >= 0.8 with its stored mask; a box gives every
+coin."""
 import numpy as np
 import pytest
 from PIL import Image
 
 from napari_ultratinysam import prompts
 from napari_ultratinysam.checkpoints import DEFAULT_CHECKPOINT, read_checkpoint
+from napari_ultratinysam.paths import SAMPLE_DIR
 
-REPO = Path(__file__).resolve().parents[2]
-SAMPLES = REPO / "sample_data"
+SAMPLES = SAMPLE_DIR
 
-pytestmark = pytest.mark.skipif(not DEFAULT_CHECKPOINT.is_file(), reason="no default model in model/")
+pytestmark = pytest.mark.skipif(not DEFAULT_CHECKPOINT.is_file(), reason="no default weights in the package")
 
 
 def _iou(a, b):
@@ -51,7 +50,7 @@ def test_default_checkpoint_is_small_and_loads():
 
 
 def test_one_click_on_a_known_sample_object():
-    """Issue 6's check: one click at the interior of a known object of sample_data/shapes.png gives IoU >= 0.8 with
+    """Issue 6's check: one click at the interior of a known object of samples/shapes.png gives IoU >= 0.8 with
     its stored mask (measured with the shipped weights and their candidate pick: 0.96 on the best object, 0.89 mean
     over the 4 shapes; 0.96 / 0.85 without the pick)."""
     shapes = _one_click_ious("shapes.png", "shapes_instances.png")

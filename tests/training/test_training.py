@@ -86,7 +86,7 @@ def test_config_overrides_and_errors(tmp_path):
                              "datasets=[{path: /x, split: train, weight: 2}]", "init_checkpoint=null"])
     assert cfg.lr == 1e-3 and cfg.prompts.p_box == 0.25 and cfg.data.copy_paste_p == 0 and cfg.steps == 7
     assert cfg.datasets == [DatasetSpec(path="/x", split="train", weight=2.0)]
-    assert load_train_config("finetune").init_checkpoint == "model/ultratinysam.safetensors"
+    assert load_train_config("finetune").init_checkpoint == "napari_ultratinysam/weights/ultratinysam.safetensors"
     with pytest.raises(ValueError, match="prompts.p_bx"):
         load_train_config(None, ["prompts.p_bx=1"])
     with pytest.raises(ValueError, match="steps"):

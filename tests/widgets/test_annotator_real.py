@@ -82,7 +82,7 @@ def test_real_predictor_end_to_end_plumbing(make_napari_viewer, qtbot):
 
 
 @pytest.mark.skipif(not _default_weights_available(),
-                    reason="model/ultratinysam.safetensors (the default weights) is not in the tree yet")
+                    reason="the default weights (napari_ultratinysam/weights/) are not in the tree")
 def test_real_default_weights_segment_known_objects(make_napari_viewer, qtbot):
     """Mask quality with the shipped weights, through the widget: a box around each object of the synthetic
     shapes sample gives its mask (the shipped model is weak from one click; see model/MODEL_CARD.md)."""
