@@ -21,16 +21,24 @@ def register(subparsers) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_preprocess)
 
-    e = subparsers.add_parser("export-dataset", help="annotation project -> CamVid-style dataset with instances",
-                              description="Export a project's annotated images (or any readable dataset) to "
-                                          "SPLIT/, SPLITannot/, SPLITinst/, lists, class_dict.csv, dataset.json.")
+    e = subparsers.add_parser("export-dataset", help="annotation project -> CamVid-style, COCO or YOLO dataset",
+                              description="Export a project's annotated images (or any readable dataset): camvid "
+                                          "writes SPLIT/, SPLITannot/, SPLITinst/, lists, class_dict.csv and "
+                                          "dataset.json; coco images/SPLIT/ and annotations/instances_SPLIT.json "
+                                          "(RLE); yolo images/SPLIT/, labels/SPLIT/ (polygons) and data.yaml.")
     e.add_argument("project", help="annotation project folder (or any dataset the readers detect)")
-    e.add_argument("-o", "--out", required=True, help="dataset folder (images are added or replaced by name)")
+    e.add_argument("-o", "--out", required=True, help="dataset folder (camvid: images are added or replaced by "
+                                                      "name; coco / yolo: rewritten whole)")
+    e.add_argument("--format", default="camvid", choices=("camvid", "coco", "yolo"), dest="export_format",
+                   help="dataset layout (default camvid)")
     e.add_argument("--ratios", default="0.8,0.1,0.1", help="train,val,test ratios (default 0.8,0.1,0.1)")
-    e.add_argument("--void-index", type=int, default=11, help="class-map value where there is no object")
+    e.add_argument("--void-index", type=int, default=None,
+                   help="camvid: class-map value where there is no object (default: the existing dataset's, "
+                        "else 255)")
     e.add_argument("--image-format", default="png", choices=("png", "jpg"))
     e.add_argument("--seed", type=int, default=0, help="salt of the name hash that assigns splits")
-    e.add_argument("--overwrite", action="store_true", help="start the dataset from scratch")
+    e.add_argument("--overwrite", action="store_true", help="start the dataset from scratch (also replaces an "
+                                                            "export of another format)")
     e.add_argument("--quiet", action="store_true", help="no progress bar")
     e.set_defaults(func=_export)
 
@@ -57,6 +65,6 @@ def _export(args: argparse.Namespace) -> int:
         source = read_dataset(src_path)
     summary = export_dataset(source, args.out, ratios=args.ratios, void_index=args.void_index,
                              image_format=args.image_format, seed=args.seed, overwrite=args.overwrite,
-                             progress=not args.quiet)
+                             progress=not args.quiet, format=args.export_format)
     print(summary)
     return 0

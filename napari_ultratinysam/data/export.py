@@ -1,27 +1,35 @@
-"""CamVid-style dataset writer (with instance maps), staged in a temporary folder and swapped into place.
+"""Dataset export: the CamVid-style layout (with instance maps) here, COCO and YOLO in export_formats; every
+export is staged in a folder next to the output and swapped into place.
 
-Layout of ``out_dir``::
+CamVid-style layout of ``out_dir``::
 
     SPLIT/NAME.png|jpg        images (name kept)
-    SPLITannot/NAME.png       uint8 class index per pixel, ``void_index`` where there is no object
+    SPLITannot/NAME.png       uint8 class index per pixel, ``void_index`` (255 by default) where there is no object
     SPLITinst/NAME.png        uint16 instance ids (0 = background)
     SPLIT.txt                 SegNet lists: "SPLIT/NAME.png SPLITannot/NAME.png"
-    class_dict.csv            name,r,g,b (row k = class k; the void row last when void_index == len(classes))
+    class_dict.csv            name,r,g,b (row k = class k, then the void row)
     dataset.json              classes, colours, void index, per-image split/size/counts, per-split counts, version
 
 Split of an image = a hash of its name (and ``seed``) against the cumulative ratios, so adding images never moves
 the old ones. Re-exporting adds or replaces images and keeps the rest.
+
+Safety: the swap is one atomic ``renameat2(RENAME_EXCHANGE)`` where the OS has it, else two renames that the next
+export rolls back or finishes after a kill between them; files and folders are fsynced before the swap and the
+parent folder after it; stage folders of killed exports are removed by the next export to the same name; the
+paths in an existing ``dataset.json`` are validated before anything is read or deleted through them.
 """
 from __future__ import annotations
 
 import contextlib
 import csv
+import ctypes
+import errno
 import hashlib
 import io
 import os
 import re
+import secrets
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -31,12 +39,19 @@ import numpy as np
 from PIL import Image
 
 from ..io_utils import atomic_write_json
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: no flock; stale stages are then removed unconditionally
+    fcntl = None
 from .readers._common import Color, Dataset, default_colors
 from .readers.ours import DATASET_JSON, FORMAT_TAG, annot_dir, inst_dir, load_meta
 from .types import AnnotatedImage
 
 VOID_NAME = "Unlabelled"
 SPLITS = ("train", "val", "test")
+DEFAULT_VOID = 255
+EXPORT_FORMATS = ("camvid", "coco", "yolo")
 
 
 @dataclass
@@ -50,6 +65,7 @@ class ExportSummary:
     skipped_empty: list[str] = field(default_factory=list)
     objects_written: int = 0
     overlaps: dict[str, int] = field(default_factory=dict)
+    format: str = "camvid"
 
     @property
     def written(self) -> int:
@@ -57,8 +73,9 @@ class ExportSummary:
 
     def __str__(self) -> str:
         per_split = ", ".join(f"{s} {n}" for s, n in self.images_per_split.items())
+        what = "" if self.format == "camvid" else f" as {self.format.upper()}"
         lines = [f"exported {self.written} images ({len(self.added)} new, {len(self.replaced)} replaced, "
-                 f"{self.objects_written} objects) to {self.out_dir}", f"dataset now holds: {per_split}"]
+                 f"{self.objects_written} objects){what} to {self.out_dir}", f"dataset now holds: {per_split}"]
         if self.skipped_empty:
             lines.append(f"skipped {len(self.skipped_empty)} images without objects")
         if self.overlaps:
@@ -69,46 +86,225 @@ class ExportSummary:
 
 # ---------------------------------------------------------------- staging
 
+# Names next to ``final``: a stage being written (its exporter holds an flock on it while alive) and, for the
+# two-step swap only, the previous export moved aside. A random hex token keeps them apart from other names.
+_TOKEN = r"[0-9a-f]{8}"
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+
+
+def _stage_re(final: Path) -> re.Pattern:
+    return re.compile(rf"\.{re.escape(final.name)}\.tmp-{_TOKEN}")
+
+
+def _old_re(final: Path) -> re.Pattern:
+    return re.compile(rf"\.{re.escape(final.name)}\.old-{_TOKEN}")
+
+
+def _load_renameat2():
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):  # not glibc >= 2.28, not Linux
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_renameat2 = _load_renameat2()
+
+
+def exchange_paths(a: str | Path, b: str | Path) -> bool:
+    """Atomically swap two existing paths (renameat2 RENAME_EXCHANGE); False where the OS or filesystem lacks it."""
+    if _renameat2 is None:
+        return False
+    if _renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM):
+        return False  # kernel or filesystem without RENAME_EXCHANGE: the caller falls back
+    raise OSError(err, os.strerror(err), str(a), None, str(b))
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make renames and new entries in ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    except OSError as e:  # some filesystems cannot fsync a directory: nothing more to do there
+        if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(root: Path) -> None:
+    """fsync every file and folder under ``root`` (files written by PIL or the shard writer are not yet)."""
+    for dirpath, _dirs, files in os.walk(root):
+        for f in files:
+            p = os.path.join(dirpath, f)
+            if os.path.islink(p):
+                continue
+            fd = os.open(p, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(Path(dirpath))
+
+
+def _lock(path: Path, blocking: bool = True) -> int | None:
+    """An exclusive flock on a folder (None when another live process holds it); it dies with the process."""
+    if fcntl is None:  # pragma: no cover
+        return -1
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _unlock(fd: int | None) -> None:
+    if fd is not None and fd >= 0:
+        os.close(fd)
+
+
+def recover_staged(final: str | Path) -> list[str]:
+    """Finish what a killed export to ``final`` left: roll back a half-done two-step swap (the old export returns
+    under its name when the new one is not there), and remove stale stage folders and moved-aside old exports.
+
+    Folders held by a live exporter (flocked) are left alone. Returns what was done, one line per folder.
+    """
+    final = Path(final)
+    parent = final.parent
+    if not parent.is_dir():
+        return []
+    done: list[str] = []
+    stage_re, old_re = _stage_re(final), _old_re(final)
+    entries = sorted(parent.iterdir(), key=lambda q: q.name)
+    for q in entries:
+        if not old_re.fullmatch(q.name) or q.is_symlink() or not q.is_dir():
+            continue
+        fd = _lock(q, blocking=False)
+        if fd is None:
+            continue
+        try:
+            if not os.path.lexists(final):
+                os.rename(q, final)  # the kill came between the two renames: the old export comes back
+                _fsync_dir(parent)
+                done.append(f"restored {final} from {q.name}")
+            else:
+                shutil.rmtree(q, ignore_errors=True)
+                done.append(f"removed {q.name}")
+        finally:
+            _unlock(fd)
+    for q in entries:
+        if not stage_re.fullmatch(q.name) or not os.path.lexists(q):
+            continue
+        if q.is_symlink() or not q.is_dir():
+            q.unlink(missing_ok=True)
+            done.append(f"removed {q.name}")
+            continue
+        fd = _lock(q, blocking=False)
+        if fd is None:
+            continue
+        try:
+            shutil.rmtree(q, ignore_errors=True)
+            done.append(f"removed {q.name}")
+        finally:
+            _unlock(fd)
+    return done
+
+
+def _new_dir(parent: Path, prefix: str) -> Path:
+    """A fresh folder with the user's umask (mkdtemp makes 0700 folders, which a rename would publish)."""
+    while True:
+        path = parent / f"{prefix}{secrets.token_hex(4)}"
+        try:
+            os.mkdir(path, 0o777)
+            return path
+        except FileExistsError:
+            continue
+
 
 def _link_or_copy(src: str, dst: str) -> None:
     try:
-        os.link(src, dst)
+        os.link(src, dst, follow_symlinks=False)
     except OSError:
-        shutil.copy2(src, dst)
+        shutil.copy2(src, dst, follow_symlinks=False)
 
 
 def _swap_into_place(stage: Path, final: Path) -> None:
-    if not final.exists():
-        os.replace(stage, final)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
-    os.replace(final, old / "d")
-    try:
-        os.replace(stage, final)
-    except BaseException:
-        os.replace(old / "d", final)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
+    """Put ``stage`` under the name ``final``: one atomic exchange where the OS has it, else two renames that
+    ``recover_staged`` finishes or rolls back after a kill between them."""
+    parent = final.parent
+    if not os.path.lexists(final):
+        os.rename(stage, final)
+    elif exchange_paths(stage, final):
+        shutil.rmtree(stage, ignore_errors=True)  # now the old export; a kill here leaves a stale stage
+    else:
+        fd = _lock(final)  # the lock travels with the folder: no concurrent recovery takes it for abandoned
+        try:
+            while True:
+                old = parent / f".{final.name}.old-{secrets.token_hex(4)}"
+                if not os.path.lexists(old):
+                    break
+            os.rename(final, old)
+            try:
+                os.rename(stage, final)
+            except BaseException:
+                os.rename(old, final)
+                raise
+            _fsync_dir(parent)
+            shutil.rmtree(old, ignore_errors=True)
+        finally:
+            _unlock(fd)
+    _fsync_dir(parent)
+
+
+def _skip_temp(_dir: str, names: list[str]) -> set[str]:
+    """Orphan temporaries of atomic writes (``.NAME.*.tmp``) are not carried into the next export."""
+    return {n for n in names if n.startswith(".") and n.endswith(".tmp")}
 
 
 @contextlib.contextmanager
 def staged_dir(final: str | Path, keep_existing: bool = True) -> Iterator[Path]:
     """Yield a temporary folder next to ``final`` (pre-filled with hard links to its files when ``keep_existing``).
 
-    On success the folder replaces ``final`` by renames; on any exception it is removed and ``final`` is untouched.
+    On success every file is fsynced and the folder replaces ``final`` atomically (see ``_swap_into_place``);
+    on any exception it is removed and ``final`` is untouched. What killed exports left is cleaned first.
     Files in the stage may be hard links: replace them (unlink first), never write into them.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    recover_staged(final)
+    stage = _new_dir(final.parent, f".{final.name}.tmp-")
+    fd = _lock(stage)
     try:
         if keep_existing and final.is_dir():
-            shutil.copytree(final, stage, copy_function=_link_or_copy, dirs_exist_ok=True)
+            shutil.copytree(final, stage, symlinks=True, copy_function=_link_or_copy, ignore=_skip_temp,
+                            dirs_exist_ok=True)
+            os.chmod(stage, 0o777 & ~_umask())  # copytree copied the old folder's mode (0700 before this fix)
         yield stage
+        _fsync_tree(stage)
         _swap_into_place(stage, final)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
+    finally:
+        _unlock(fd)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def write_png(path: Path, array: np.ndarray, compress_level: int = 6) -> None:
@@ -236,29 +432,59 @@ def _resolve_source(source, classes, colors, include_empty: bool) -> _Source:
 # ---------------------------------------------------------------- metadata
 
 
-def _existing_meta(out_dir: Path, classes: list[str], void_index: int, overwrite: bool) -> dict:
-    if not out_dir.exists():
-        return {}
+def existing_export(out_dir: Path) -> str | None:
+    """Format of this tool's export in ``out_dir`` ('camvid', 'coco', 'yolo'); None when absent or empty.
+
+    Anything else in a non-empty folder is refused: an export replaces only what an export wrote."""
+    if not os.path.lexists(out_dir):
+        return None
     if not out_dir.is_dir():
         raise ValueError(f"{out_dir}: exists and is not a folder")
-    if not (out_dir / DATASET_JSON).is_file():
-        if any(out_dir.iterdir()):
-            raise ValueError(f"{out_dir}: folder is not empty and holds no {DATASET_JSON}; refusing to write there")
-        return {}
-    meta = load_meta(out_dir)
-    if overwrite:
-        return {}
-    if meta["classes"] != classes or int(meta["void_index"]) != void_index:
-        raise ValueError(f"{out_dir / DATASET_JSON}: the existing dataset has other classes or void index "
-                         f"({len(meta['classes'])} classes, void {meta['void_index']}); export elsewhere or "
-                         f"pass overwrite=True")
-    return meta
+    if (out_dir / DATASET_JSON).is_file():
+        return "camvid"
+    from .export_formats import detect_export
+
+    kind = detect_export(out_dir)
+    if kind is not None:
+        return kind
+    if any(out_dir.iterdir()):
+        raise ValueError(f"{out_dir}: folder is not empty and holds no {DATASET_JSON} (nor a COCO / YOLO export "
+                         f"of this tool); refusing to write there")
+    return None
+
+
+def _check_void(void_index, num_classes: int) -> int:
+    if isinstance(void_index, bool) or not isinstance(void_index, (int, np.integer)) or \
+            not num_classes <= int(void_index) <= 255:
+        raise ValueError(f"void_index: {void_index} must be in {num_classes}..255 (not a class index)")
+    return int(void_index)
+
+
+def _camvid_meta(out_dir: Path, classes: list[str], void_index: int | None) -> tuple[dict, int]:
+    """(previous dataset.json or {}, the void index to use). The void index defaults to the existing dataset's
+    when it is still valid, else DEFAULT_VOID; classes may be appended (old class maps stay valid)."""
+    meta = load_meta(out_dir) if (out_dir / DATASET_JSON).is_file() else {}
+    if void_index is None:
+        old_void = meta.get("void_index")
+        void_index = old_void if old_void is not None and old_void >= len(classes) else DEFAULT_VOID
+    void_index = _check_void(void_index, len(classes))
+    if meta:
+        old = meta["classes"]
+        if classes[:len(old)] != old or meta["void_index"] != void_index:
+            why = (f"void index {meta['void_index']}, now a class index" if meta["void_index"] < len(classes)
+                   else f"{len(old)} classes, void {meta['void_index']}")
+            raise ValueError(f"{out_dir / DATASET_JSON}: the existing dataset has other classes or void index "
+                             f"({why}); export elsewhere or pass overwrite=True")
+    return meta, void_index
 
 
 def _remove_entry(stage: Path, name: str, entry: dict) -> None:
     split = entry["split"]
+    root = stage.resolve()
     for p in (stage / entry["file"], stage / annot_dir(split) / f"{name}.png", stage / inst_dir(split) / f"{name}.png"):
-        p.unlink(missing_ok=True)
+        # load_meta checked the names and paths; this keeps an unlink inside the stage whatever the caller passed
+        if p.resolve().is_relative_to(root) and p.resolve() != root:
+            p.unlink(missing_ok=True)
 
 
 def _write_lists(stage: Path, images: dict[str, dict], splits: Sequence[str]) -> None:
@@ -294,29 +520,44 @@ def _split_stats(images: dict[str, dict], splits: Sequence[str], classes: list[s
 
 
 def export_dataset(source, out_dir: str | Path, ratios: Sequence[float] | str = (0.8, 0.1, 0.1),
-                   void_index: int = 11, *, classes: Sequence[str] | None = None,
+                   void_index: int | None = None, *, classes: Sequence[str] | None = None,
                    colors: Sequence[Color] | None = None, image_format: str = "png", seed: int = 0,
                    splits: Sequence[str] = SPLITS, include_empty: bool = False, overwrite: bool = False,
-                   progress: bool = False) -> ExportSummary:
-    """Export a Project (its annotated images) or AnnotatedImages/Dataset to a CamVid-style folder.
+                   progress: bool = False, format: str = "camvid") -> ExportSummary:
+    """Export a Project (its annotated images) or AnnotatedImages/Dataset to ``out_dir``.
 
-    Re-exporting into the same folder adds or replaces images by name and keeps the others; ``overwrite``
-    starts from scratch. Written in a staged copy, so a failure leaves the previous dataset intact.
+    ``format``: 'camvid' (the layout above), 'coco' (instances JSON per split, RLE masks) or 'yolo' (segmentation
+    polygons, data.yaml); see export_formats. A CamVid re-export into the same folder adds or replaces images by
+    name and keeps the others (``overwrite`` starts from scratch); COCO and YOLO exports are written whole.
+    ``void_index`` (CamVid only) defaults to the existing dataset's, else 255. Written in a staged folder swapped
+    in atomically, so a failure or a kill leaves the previous export intact.
     """
     from tqdm import tqdm
 
     from .. import __version__
 
     out_dir = Path(out_dir)
+    if format not in EXPORT_FORMATS:
+        raise ValueError(f"format: expected one of {', '.join(EXPORT_FORMATS)}, got {format!r}")
     ratio_t = parse_ratios(ratios, splits)
     if image_format not in ("png", "jpg"):
         raise ValueError(f"image_format: expected 'png' or 'jpg', got {image_format!r}")
     src = _resolve_source(source, classes, colors, include_empty)
     if len(src.classes) > 255:
         raise ValueError(f"classes: at most 255 classes fit a uint8 class map, got {len(src.classes)}")
-    if not 0 <= void_index <= 255 or void_index < len(src.classes):
-        raise ValueError(f"void_index: {void_index} must be in {len(src.classes)}..255 (not a class index)")
-    meta = _existing_meta(out_dir, src.classes, void_index, overwrite)
+    recover_staged(out_dir)  # a killed export may have left the old one aside: put it back before looking
+    kind = existing_export(out_dir)
+    if kind is not None and kind != format and not overwrite:
+        raise ValueError(f"{out_dir}: holds a {kind} export; export the {format} one elsewhere or pass "
+                         f"overwrite=True (--overwrite)")
+    if format != "camvid":
+        from .export_formats import export_other
+
+        return export_other(format, src, out_dir, ratio_t, splits, seed, image_format, include_empty, progress)
+    if kind == "camvid" and not overwrite:
+        meta, void_index = _camvid_meta(out_dir, src.classes, void_index)
+    else:
+        meta, void_index = {}, _check_void(DEFAULT_VOID if void_index is None else void_index, len(src.classes))
     images: dict[str, dict] = dict(meta.get("images", {}))
     summary = ExportSummary(str(out_dir), {}, skipped_empty=list(src.skipped))
     seen: set[str] = set()

@@ -73,7 +73,7 @@ def test_layout_lists_class_dict_and_metadata(project, tmp_path):
     out = tmp_path / "ds"
     export_dataset(project, out, ratios=RATIOS)
     meta = json.loads((out / "dataset.json").read_text())
-    assert meta["tool_version"] == __version__ and meta["void_index"] == 11
+    assert meta["tool_version"] == __version__ and meta["void_index"] == 255  # the default, whatever the classes
     assert meta["source"] == str(project.folder) and meta["classes"][0] == "Sky"
     for split in ("train", "val", "test"):
         lines = (out / f"{split}.txt").read_text().splitlines()
@@ -88,8 +88,8 @@ def test_layout_lists_class_dict_and_metadata(project, tmp_path):
             inst = Image.open(out / f"{split}inst" / f"{name}.png")
             assert a.mode == "L" and inst.mode == "I;16"
             arr = np.asarray(a)
-            assert set(np.unique(arr)) <= set(range(11)) | {11}
-            assert ((np.asarray(inst) == 0) == (arr == 11)).all()  # void exactly where no object
+            assert set(np.unique(arr)) <= set(range(11)) | {255}
+            assert ((np.asarray(inst) == 0) == (arr == 255)).all()  # void exactly where no object
     with open(out / "class_dict.csv") as f:
         rows = list(csv.reader(f))
     assert rows[0] == ["name", "r", "g", "b"] and rows[1] == ["Sky", "128", "128", "128"]

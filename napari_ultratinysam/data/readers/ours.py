@@ -26,22 +26,84 @@ def inst_dir(split: str) -> str:
     return f"{split}inst"
 
 
-def load_meta(root: Path) -> dict:
-    """Parse and check ``dataset.json`` of an export."""
-    path = root / DATASET_JSON
-    meta = read_tagged_json(path, "format", FORMAT_TAG,
+def _read_tagged(path: Path) -> dict:
+    return read_tagged_json(path, "format", FORMAT_TAG,
                             f"a napari-ultratinysam export (format tag {FORMAT_TAG!r} missing)")
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _check_component(value, what: str, path: Path) -> None:
+    """A name that becomes one path component: no separators, no '..', not hidden."""
+    if not isinstance(value, str) or not value or value.startswith(".") or any(
+            c in value for c in "/\\\0") or any(c.isspace() for c in value):
+        raise ValueError(f"{path}: {what}: expected a plain name (no path separators, spaces or leading dot), "
+                         f"got {value!r}")
+
+
+def _check_file(root: Path, value, what: str, path: Path) -> None:
+    """A file path that stays inside the dataset: relative, no '..', no symlink leading out."""
+    bad = not isinstance(value, str) or not value or "\\" in value or "\0" in value or value.startswith("/")
+    if not bad:
+        parts = value.split("/")
+        bad = any(p in ("", ".", "..") for p in parts) or Path(value).is_absolute()
+    if not bad:
+        try:
+            (root / value).resolve().relative_to(root.resolve())
+        except (ValueError, OSError):
+            bad = True
+    if bad:
+        raise ValueError(f"{path}: {what}: expected a relative path inside the dataset, got {value!r}")
+
+
+def validate_meta(meta: dict, root: Path) -> dict:
+    """Check the schema of a parsed ``dataset.json`` (untrusted: its paths are read and, on re-export, deleted)."""
+    path = root / DATASET_JSON
     for key in ("classes", "colors", "void_index", "images"):
         if key not in meta:
             raise ValueError(f"{path}: missing key {key!r}")
+    classes, colors, void, images = meta["classes"], meta["colors"], meta["void_index"], meta["images"]
+    if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes) or len(classes) > 255:
+        raise ValueError(f"{path}: classes: expected a list of at most 255 names")
+    if not isinstance(colors, list) or len(colors) != len(classes) or not all(
+            isinstance(c, list) and len(c) == 3 and all(_is_int(v) and 0 <= v <= 255 for v in c) for c in colors):
+        raise ValueError(f"{path}: colors: expected one [r, g, b] (0..255) per class")
+    if not _is_int(void) or not len(classes) <= void <= 255:
+        raise ValueError(f"{path}: void_index: expected an integer in {len(classes)}..255, got {void!r}")
+    if not isinstance(images, dict):
+        raise ValueError(f"{path}: images: expected an object of name -> entry")
+    for name, e in images.items():
+        _check_component(name, f"images[{name!r}]", path)
+        if not isinstance(e, dict):
+            raise ValueError(f"{path}: images[{name!r}]: expected an object")
+        for key in ("split", "file", "size", "objects", "class_counts"):
+            if key not in e:
+                raise ValueError(f"{path}: images[{name!r}]: missing key {key!r}")
+        _check_component(e["split"], f"images[{name!r}].split", path)
+        _check_file(root, e["file"], f"images[{name!r}].file", path)
+        size = e["size"]
+        if not isinstance(size, list) or len(size) != 2 or not all(_is_int(v) and v > 0 for v in size):
+            raise ValueError(f"{path}: images[{name!r}].size: expected [height, width], got {size!r}")
+        if not _is_int(e["objects"]) or e["objects"] < 0:
+            raise ValueError(f"{path}: images[{name!r}].objects: expected a count, got {e['objects']!r}")
+        counts = e["class_counts"]
+        if not isinstance(counts, dict) or not all(isinstance(k, str) and _is_int(v) for k, v in counts.items()):
+            raise ValueError(f"{path}: images[{name!r}].class_counts: expected an object of class -> count")
     return meta
+
+
+def load_meta(root: Path) -> dict:
+    """Parse and check ``dataset.json`` of an export."""
+    return validate_meta(_read_tagged(root / DATASET_JSON), root)
 
 
 def detect(path: Path) -> bool:
     if path.is_file() and path.name == DATASET_JSON:
         path = path.parent
     try:
-        load_meta(path)
+        _read_tagged(path / DATASET_JSON)  # tagged but invalid still reads as ours: read() names the problem
     except (FileNotFoundError, ValueError):
         return False
     return True
