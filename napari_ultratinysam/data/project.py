@@ -3,12 +3,20 @@
 Per image ``annotations/NAME.png`` is a uint16 instance-id map whose PNG text chunk carries the annotation record
 (instance -> class, commit order, overlaps, next id, generation); ``annotations/NAME.json`` is the same record as
 a readable sidecar. The PNG is written first and is authoritative: a crash between the two writes is repaired on
-open. Every change is saved at once with atomic renames, so reopening resumes exactly.
+open. Every change is saved at once with atomic, fsynced renames, so reopening resumes exactly.
+
+A project has one writer: opening takes an exclusive lock on ``.project.lock`` (the OS drops it when the process
+ends, so a kill never leaves it stale); a second opener gets :class:`ProjectLockedError` and may open read-only.
+Generation counters (in ``project.json`` and in each record) are compared before every write as a second guard.
+``project.json`` and the annotation records are untrusted input: they are validated on read, and image names, which
+become file names, can never point outside the project. A damaged annotation file quarantines that one image.
 """
 from __future__ import annotations
 
 import json
+import logging
 import os
+import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -18,16 +26,38 @@ import numpy as np
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from ..io_utils import atomic_path, atomic_write_json, read_tagged_json
+from ..io_utils import atomic_path, atomic_write_json, read_tagged_json, try_lock
 from .readers._common import Color, default_colors, image_size, list_images, read_rgb
 from .readers.camvid import CAMVID_CLASSES, CAMVID_COLORS
 from .types import AnnotatedImage
 
+log = logging.getLogger(__name__)
+
 PROJECT_JSON = "project.json"
 ANNOTATIONS = "annotations"
+LOCK_FILE = ".project.lock"
 PROJECT_FORMAT = "napari-ultratinysam/project"
+PROJECT_VERSION = 1
 _PNG_KEY = "utsam-annotation"
 MAX_ID = 65535
+_NAME_BYTES = 200  # NAME.png / .NAME.png.<random>.png.tmp must stay under the usual 255-byte file name limit
+_BAD_NAME_CHARS = set("/\\\0") | ({":"} if os.name == "nt" else set())
+
+
+class ProjectError(OSError):
+    """A project cannot be written now (locked, read-only, changed by another writer); one line, no traceback."""
+
+
+class ProjectLockedError(ProjectError):
+    """Another window or process has the project open for writing."""
+
+
+class ProjectReadOnlyError(ProjectError):
+    """A write to a project opened read-only (or closed)."""
+
+
+class ProjectChangedError(ProjectError):
+    """Another writer changed a file since this project read it; nothing was written."""
 
 
 @dataclass
@@ -41,6 +71,7 @@ class _Annotation:
     overlaps: list[dict] = field(default_factory=list)
     next_id: int = 1
     generation: int = 0
+    on_disk: bool = False  # read from a PNG (whose generation is then ``generation``), not a fresh empty map
 
     def record(self, name: str) -> dict:
         return {"version": 1, "image": name, "size": list(self.id_map.shape), "generation": self.generation,
@@ -53,16 +84,133 @@ class _Annotation:
         return cls(id_map=id_map, classes={int(k): int(v) for k, v in rec["instances"].items()},
                    order=[int(i) for i in rec["order"]], areas={int(k): int(v) for k, v in rec["areas"].items()},
                    overlaps=list(rec.get("overlaps", [])), next_id=int(rec["next_id"]),
-                   generation=int(rec.get("generation", 0)))
+                   generation=int(rec.get("generation", 0)), on_disk=True)
+
+
+# ------------------------------------------------------------ validation of untrusted files
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def name_problem(name) -> str | None:
+    """Why ``name`` cannot be an image name (it becomes ``annotations/NAME.png``), or None if it can."""
+    if not isinstance(name, str) or not name:
+        return "must be a non-empty string"
+    if name.startswith("."):
+        return "must not start with '.' (no '..', no hidden or temporary files)"
+    if any(c in _BAD_NAME_CHARS or ord(c) < 32 for c in name):
+        return "must not contain path separators or control characters"
+    if os.path.isabs(name) or Path(name).name != name:
+        return "must be a plain file name"
+    if len(name.encode("utf-8", "surrogateescape")) > _NAME_BYTES:
+        return f"is longer than {_NAME_BYTES} bytes"
+    return None
+
+
+def _check_state(state: dict, where: Path) -> None:
+    """Schema of project.json; one ValueError naming the file and the field."""
+
+    def bad(fld: str, why: str):
+        raise ValueError(f"{where}: field '{fld}' {why}")
+
+    version = state.get("version")
+    if not _is_int(version):
+        bad("version", "is missing or not an integer")
+    if version > PROJECT_VERSION:
+        bad("version", f"is {version}: made by a newer napari-ultratinysam, update it to open this project")
+    if "generation" in state and not (_is_int(state["generation"]) and state["generation"] >= 0):
+        bad("generation", "must be a non-negative integer")
+    classes = state.get("classes")
+    if not isinstance(classes, list):
+        bad("classes", "is missing or not a list")
+    for k, c in enumerate(classes):
+        if not isinstance(c, dict) or not isinstance(c.get("name"), str) or not c["name"].strip():
+            bad(f"classes[{k}].name", "is missing or not a non-empty string")
+        col = c.get("color")
+        if not (isinstance(col, list) and len(col) == 3 and all(_is_int(v) and 0 <= v <= 255 for v in col)):
+            bad(f"classes[{k}].color", "must be a list of 3 integers in 0..255")
+    images = state.get("images")
+    if not isinstance(images, list) or not images:
+        bad("images", "is missing, not a list or empty")
+    seen = set()
+    for k, e in enumerate(images):
+        if not isinstance(e, dict):
+            bad(f"images[{k}]", "is not an object")
+        why = name_problem(e.get("name"))
+        if why:
+            bad(f"images[{k}].name", f"{why}, got {e.get('name')!r}"[:300])
+        if e["name"] in seen:
+            bad(f"images[{k}].name", f"repeats {e['name']!r}")
+        seen.add(e["name"])
+        # the image path is only ever read (images may live anywhere, e.g. ../images); it is never written
+        path = e.get("path")
+        if not isinstance(path, str) or not path or "\0" in path:
+            bad(f"images[{k}].path", "is missing or not a path string")
+        size = e.get("size")
+        if not (isinstance(size, list) and len(size) == 2 and all(_is_int(v) and 0 < v <= 1 << 20 for v in size)):
+            bad(f"images[{k}].size", "must be [height, width], positive integers")
+    cursor = state.get("cursor")
+    if not _is_int(cursor) or not 0 <= cursor < len(images):
+        bad("cursor", f"must be an image index in 0..{len(images) - 1}")
+
+
+def _check_record(rec, png: Path, shape: tuple[int, int], n_classes: int) -> None:
+    """Schema of an annotation record (PNG text chunk); one ValueError naming the file and the field."""
+
+    def bad(fld: str, why: str):
+        raise ValueError(f"{png}: annotation record field '{fld}' {why}")
+
+    def is_id(v) -> bool:
+        return _is_int(v) and 1 <= v <= MAX_ID
+
+    def id_key(k) -> bool:
+        return isinstance(k, str) and k.isdigit() and is_id(int(k))
+
+    if not isinstance(rec, dict):
+        raise ValueError(f"{png}: annotation record is not a JSON object")
+    if rec.get("size") is not None and rec["size"] != list(shape):
+        bad("size", f"is {rec['size']}, the map is {list(shape)}")
+    for fld in ("generation", "next_id"):
+        if not _is_int(rec.get(fld, 0)) or rec.get(fld, 0) < 0:
+            bad(fld, "must be a non-negative integer")
+    if "next_id" not in rec or not 1 <= rec["next_id"] <= MAX_ID + 1:
+        bad("next_id", f"must be in 1..{MAX_ID + 1}")
+    inst = rec.get("instances")
+    if not isinstance(inst, dict) or not all(id_key(k) and _is_int(v) and -1 <= v < n_classes
+                                             for k, v in inst.items()):
+        bad("instances", f"must map instance ids to class indices in -1..{n_classes - 1}")
+    areas = rec.get("areas")
+    if not isinstance(areas, dict) or not all(id_key(k) and _is_int(v) and v >= 0 for k, v in areas.items()):
+        bad("areas", "must map instance ids to pixel counts")
+    order = rec.get("order")
+    if not isinstance(order, list) or not all(is_id(v) for v in order):
+        bad("order", "must be a list of instance ids")
+    overlaps = rec.get("overlaps", [])
+    if not isinstance(overlaps, list) or not all(
+            isinstance(o, dict) and is_id(o.get("instance")) and is_id(o.get("over")) and _is_int(o.get("pixels"))
+            for o in overlaps):
+        bad("overlaps", "must be a list of {instance, over, pixels}")
+
+
+def _safe_stem(stem: str) -> str:
+    """A file stem made into a valid image name (separators and control characters replaced)."""
+    name = "".join("_" if c in _BAD_NAME_CHARS or ord(c) < 32 else c for c in stem).lstrip(".")
+    while len(name.encode("utf-8", "surrogateescape")) > _NAME_BYTES:
+        name = name[:-1]
+    return name or "image"
 
 
 def _unique_names(paths: Sequence[Path]) -> list[str]:
+    # unique ignoring case too: on a case-insensitive disk "A" and "a" would share one annotation file
     names, seen = [], set()
     for p in paths:
-        name, k = p.stem, 2
-        while name in seen:
-            name, k = f"{p.stem}_{k}", k + 1
-        seen.add(name)
+        stem = _safe_stem(p.stem)
+        name, k = stem, 2
+        while name.casefold() in seen:
+            name, k = f"{stem}_{k}", k + 1
+        seen.add(name.casefold())
         names.append(name)
     return names
 
@@ -72,15 +220,27 @@ def _now() -> str:
 
 
 class Project:
-    """An annotation project on disk. Build with :meth:`create` or :meth:`open`; every change is autosaved."""
+    """An annotation project on disk. Build with :meth:`create` or :meth:`open`; every change is autosaved.
 
-    def __init__(self, folder: Path, state: dict) -> None:
+    A writable project holds the folder's lock until :meth:`close` (or the object is collected, or the process
+    ends); use it as a context manager to release the lock early. ``read_only`` projects take no lock and refuse
+    every write. Images whose annotation file is damaged are listed in ``quarantined`` ({name: reason}) and refuse
+    reads and writes of that annotation; ``problems`` lists every such note as one line.
+    """
+
+    def __init__(self, folder: Path, state: dict, read_only: bool = False, lock_fd: int | None = None) -> None:
         self.folder = Path(folder)
+        self._lock_fd = lock_fd
         self._state = state
         self._counts: dict[int, int] = {}
         self._cached: tuple[int, _Annotation] | None = None
+        self.read_only = bool(read_only)
+        self.quarantined: dict[str, str] = {}
+        self.problems: list[str] = []
+        self._closed = False
+        self._write_lock = threading.RLock()  # the annotator saves off the GUI thread
 
-    # ------------------------------------------------------------ create / open
+    # ------------------------------------------------------------ create / open / close
 
     @classmethod
     def create(cls, folder: str | Path, images: str | Path | Sequence[str | Path],
@@ -93,28 +253,95 @@ class Project:
         if not paths:
             raise ValueError(f"{folder}: no images given")
         names = _unique_names(paths)
-        folder.mkdir(parents=True, exist_ok=True)
         entries = [{"name": n, "path": cls._rel(folder, p), "size": list(image_size(p))} for n, p in zip(names, paths)]
         cls_names = list(classes) if classes is not None else list(CAMVID_CLASSES)
         cls_colors = cls._colors_for(cls_names, colors, classes is None)
         from .. import __version__
 
-        state = {"format": PROJECT_FORMAT, "version": 1, "tool_version": __version__, "created": _now(),
+        state = {"format": PROJECT_FORMAT, "version": PROJECT_VERSION, "tool_version": __version__,
+                 "created": _now(), "generation": 0,
                  "classes": [{"name": n, "color": list(c)} for n, c in zip(cls_names, cls_colors)],
                  "images": entries, "cursor": 0}
-        project = cls(folder, state)
-        project._save_state()
+        _check_state(state, folder / PROJECT_JSON)
+        folder.mkdir(parents=True, exist_ok=True)
+        lock_fd = cls._lock(folder)
+        project = cls(folder, state, lock_fd=lock_fd)
+        try:
+            if (folder / PROJECT_JSON).exists():  # another creator won the race for the lock
+                raise ValueError(f"{folder / PROJECT_JSON}: a project already exists here; use Project.open")
+            project._write_state(state, expected_generation=None)
+        except BaseException:
+            project.close()
+            raise
         return project
 
     @classmethod
-    def open(cls, folder: str | Path) -> "Project":
-        """Open an existing project; annotations, classes and the current image are restored."""
+    def open(cls, folder: str | Path, read_only: bool = False) -> "Project":
+        """Open an existing project; annotations, classes and the current image are restored.
+
+        Raises :class:`ProjectLockedError` if another window or process has it open for writing (then open it
+        with ``read_only=True``). A folder without write permission opens read-only (noted in ``problems``).
+        """
         folder = Path(folder)
-        state = read_tagged_json(folder / PROJECT_JSON, "format", PROJECT_FORMAT, "a napari-ultratinysam project file",
-                                 "not found (not an annotation project)")
-        project = cls(folder, state)
+        path = folder / PROJECT_JSON
+        notes = []
+        lock_fd = None
+        if not read_only and path.is_file():
+            try:
+                lock_fd = cls._lock(folder)
+            except ProjectLockedError:
+                raise
+            except OSError as e:  # no write permission, read-only file system
+                read_only = True
+                notes.append(f"{folder}: cannot write here ({e.strerror or e}); opened read-only")
+            else:
+                ann = folder / ANNOTATIONS
+                if not os.access(folder, os.W_OK) or (ann.is_dir() and not os.access(ann, os.W_OK)):
+                    os.close(lock_fd)
+                    lock_fd, read_only = None, True
+                    notes.append(f"{folder}: no write permission; opened read-only")
+        try:
+            state = read_tagged_json(path, "format", PROJECT_FORMAT, "a napari-ultratinysam project file",
+                                     "not found (not an annotation project)")
+            _check_state(state, path)
+            project = cls(folder, state, read_only=read_only, lock_fd=lock_fd)
+        except BaseException:
+            if lock_fd is not None:
+                os.close(lock_fd)
+            raise
+        for note in notes:
+            project._problem(note)
+        if not read_only:
+            project._remove_stale_temps()
         project._scan()
         return project
+
+    @staticmethod
+    def _lock(folder: Path) -> int:
+        fd = try_lock(folder / LOCK_FILE)
+        if fd is None:
+            raise ProjectLockedError(f"{folder}: the project is open for writing in another window or process; "
+                                     "close it there, or open this one read-only")
+        return fd
+
+    def close(self) -> None:
+        """Release the lock; later writes raise :class:`ProjectReadOnlyError`. Reads keep working."""
+        self._closed = True
+        fd, self._lock_fd = getattr(self, "_lock_fd", None), None
+        if fd is not None:
+            os.close(fd)
+
+    def __enter__(self) -> "Project":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
 
     @staticmethod
     def _rel(folder: Path, p: Path) -> str:
@@ -128,24 +355,70 @@ class Project:
         if colors is not None:
             if len(colors) != len(names):
                 raise ValueError(f"colors: {len(colors)} colours for {len(names)} classes")
-            return [tuple(int(v) for v in c) for c in colors]
+            cols = [tuple(int(v) for v in c) for c in colors]
+            if any(len(c) != 3 or not all(0 <= v <= 255 for v in c) for c in cols):
+                raise ValueError("colors: each colour must be 3 integers in 0..255")
+            return cols
         return list(CAMVID_COLORS) if camvid else default_colors(len(names))
 
-    def _scan(self) -> None:
-        """Object counts per image from the saved records; stale or missing sidecars are rewritten."""
-        for i, name in enumerate(self.names):
-            png = self._png(i)
-            if not png.is_file():
+    def _problem(self, note: str) -> None:
+        self.problems.append(note)
+        log.warning("%s", note)
+
+    def _quarantine(self, i: int, reason: str) -> None:
+        name = self.names[i]
+        if name not in self.quarantined:
+            self.quarantined[name] = reason
+            self._problem(f"{reason} - image {name!r} quarantined: its annotation is neither shown nor overwritten "
+                          f"until the file is repaired or moved away")
+        self._counts.pop(i, None)
+
+    def _remove_stale_temps(self) -> None:
+        """Temporary files of writes killed half-way (``.NAME.<random>.tmp``); safe while we hold the lock."""
+        for d in (self.folder, self.folder / ANNOTATIONS):
+            try:
+                entries = list(os.scandir(d))
+            except OSError:
                 continue
-            rec = self._png_record(png)
-            side = self._sidecar(i)
+            for e in entries:
+                if e.name.startswith(".") and e.name.endswith(".tmp") and e.is_file(follow_symlinks=False):
+                    try:
+                        os.unlink(e.path)
+                    except OSError:
+                        pass
+
+    def _scan(self) -> None:
+        """Object counts per image from the saved records; damaged files quarantine their image, stale or missing
+        sidecars are rewritten (writable projects only: the PNG is authoritative anyway)."""
+        try:
+            present = set(os.listdir(self.folder / ANNOTATIONS))
+        except OSError:
+            present = set()
+        for i, name in enumerate(self.names):
+            png, side = self._png(i), self._sidecar(i)
+            if f"{name}.png" not in present:
+                if f"{name}.json" in present:
+                    try:
+                        lost = len(json.loads(side.read_text(encoding="utf-8")).get("instances") or {})
+                    except (OSError, ValueError, AttributeError):
+                        lost = 0
+                    if lost:
+                        self._quarantine(i, f"{png}: missing, but {side.name} lists {lost} objects")
+                continue
+            try:
+                rec = self._read_png(i, pixels=False, verify=True)[1]
+            except (OSError, ValueError) as e:
+                self._quarantine(i, str(e))
+                continue
+            self._counts[i] = len(rec["instances"])
+            if self.read_only:
+                continue
             try:
                 ok = json.loads(side.read_text(encoding="utf-8")).get("generation") == rec["generation"]
             except (OSError, ValueError, AttributeError):
                 ok = False
             if not ok:
                 atomic_write_json(side, rec)
-            self._counts[i] = len(rec["instances"])
 
     # ------------------------------------------------------------ images, cursor, progress
 
@@ -153,7 +426,8 @@ class Project:
         return len(self._state["images"])
 
     def __repr__(self) -> str:
-        return f"Project({str(self.folder)!r}, {self.progress_text()})"
+        mode = ", read-only" if self.read_only else ""
+        return f"Project({str(self.folder)!r}, {self.progress_text()}{mode})"
 
     @property
     def names(self) -> list[str]:
@@ -185,9 +459,8 @@ class Project:
         self.go_to(i)
 
     def go_to(self, i: int) -> int:
-        """Make image ``i`` current (saved); returns it."""
-        self._state["cursor"] = self._index(i)
-        self._save_state()
+        """Make image ``i`` current (saved); returns it. If the save fails, the cursor stays where it was."""
+        self._write_state({**self._state, "cursor": self._index(i)})
         return self.cursor
 
     def next(self) -> int:
@@ -220,18 +493,19 @@ class Project:
         return [tuple(c["color"]) for c in self._state["classes"]]
 
     def set_classes(self, names: Sequence[str], colors: Sequence[Color] | None = None) -> None:
-        """Replace the class list (saved); refused if an annotation uses an index that would disappear."""
+        """Replace the class list (saved); refused if an annotation uses an index that would disappear.
+        If the save fails, the class list stays as it was."""
         names = [str(n).strip() for n in names]
         if any(not n for n in names) or len(set(names)) != len(names):
             raise ValueError(f"classes: names must be non-empty and unique, got {names}")
+        self._check_writable()
         used = self._max_class_used()
         if used >= len(names):
             raise ValueError(f"classes: class index {used} is still used by an annotation; keep at least {used + 1}")
         old = dict(zip(self.classes, self.colors))
         cols = self._colors_for(names, colors, False) if colors is not None else \
             [old.get(n) or c for n, c in zip(names, default_colors(len(names)))]
-        self._state["classes"] = [{"name": n, "color": list(c)} for n, c in zip(names, cols)]
-        self._save_state()
+        self._write_state({**self._state, "classes": [{"name": n, "color": list(c)} for n, c in zip(names, cols)]})
 
     def add_class(self, name: str, color: Color | None = None) -> int:
         """Append a class (saved); returns its index."""
@@ -251,8 +525,12 @@ class Project:
 
     def _max_class_used(self) -> int:
         used = -1
-        for i in self._counts:
-            rec = self._png_record(self._png(i))
+        for i in list(self._counts):
+            try:
+                rec = self._read_png(i, pixels=False)[1]
+            except (OSError, ValueError) as e:
+                self._quarantine(i, str(e))
+                continue
             used = max([used] + [int(v) for v in rec["instances"].values()])
         return used
 
@@ -277,6 +555,7 @@ class Project:
     def set_annotation(self, i: int, id_map: np.ndarray, classes: dict[int, int]) -> None:
         """Replace image ``i``'s annotation with an id map (0 = background) and {id: class index} (saved)."""
         i = self._index(i)
+        self._check_writable(i)
         ids = np.asarray(id_map)
         if ids.shape != self.image_size(i) or ids.dtype.kind not in "ui":
             raise ValueError(f"{self.names[i]}: id map must be an integer array of shape {self.image_size(i)}, "
@@ -292,12 +571,13 @@ class Project:
         cls = {k: self._class_index(classes[k], allow_none=True) for k in present}
         prev = self._load(i)
         ann = _Annotation(ids, cls, present, {k: int(areas[k]) for k in present}, [],
-                          max(present, default=0) + 1, prev.generation)
+                          max(present, default=0) + 1, prev.generation, prev.on_disk)
         self._store(i, ann)
 
     def commit_object(self, i: int, mask: np.ndarray, class_index: int) -> int:
         """Add one object (saved); it wins where it overlaps earlier ones (overlap pixels recorded). Returns its id."""
         i = self._index(i)
+        self._check_writable(i)
         m = np.asarray(mask, dtype=bool)
         if m.shape != self.image_size(i):
             raise ValueError(f"{self.names[i]}: mask shape {m.shape} does not match the image {self.image_size(i)}")
@@ -307,12 +587,13 @@ class Project:
         ann = self._load(i)
         if ann.next_id > MAX_ID:
             raise ValueError(f"{self.names[i]}: too many objects (instance ids are uint16)")
+        # from here the cached annotation changes in place: _store drops it if the write fails
         new = ann.next_id
         under = np.bincount(ann.id_map[m])
         for old in np.flatnonzero(under[1:]) + 1:
             old, n = int(old), int(under[old])
             ann.overlaps.append({"instance": new, "over": old, "pixels": n})
-            ann.areas[old] -= n
+            ann.areas[old] = ann.areas.get(old, n) - n
             if ann.areas[old] <= 0:  # fully covered: the earlier object is gone
                 self._forget(ann, old)
         ann.id_map[m] = new
@@ -325,6 +606,7 @@ class Project:
     def delete_object(self, i: int, instance_id: int) -> None:
         """Remove one object (saved); its pixels become background."""
         i = self._index(i)
+        self._check_writable(i)
         ann = self._load(i)
         self._check_id(i, ann, instance_id)
         ann.id_map[ann.id_map == instance_id] = 0
@@ -335,9 +617,11 @@ class Project:
     def set_object_class(self, i: int, instance_id: int, class_index: int) -> None:
         """Change one object's class (saved)."""
         i = self._index(i)
+        self._check_writable(i)
         ann = self._load(i)
         self._check_id(i, ann, instance_id)
-        ann.classes[int(instance_id)] = self._class_index(class_index, allow_none=True)
+        k = self._class_index(class_index, allow_none=True)
+        ann.classes[int(instance_id)] = k
         self._store(i, ann)
 
     def annotated_image(self, i: int) -> AnnotatedImage:
@@ -369,56 +653,136 @@ class Project:
             raise IndexError(f"image index {i} out of range ({n} images)")
         return j
 
+    def _check_writable(self, i: int | None = None) -> None:
+        if self._closed:
+            raise ProjectReadOnlyError(f"{self.folder}: the project was closed; open it again to change it")
+        if self.read_only:
+            raise ProjectReadOnlyError(f"{self.folder}: the project is open read-only; nothing was changed")
+        if i is not None and self.names[i] in self.quarantined:
+            raise ValueError(f"{self._png(i)}: damaged annotation, not overwritten "
+                             f"({self.quarantined[self.names[i]]}); repair it or move it away, then reopen")
+
+    def _annotation_file(self, i: int, ext: str) -> Path:
+        name = self.names[i]
+        if name_problem(name):  # validated on read; checked again because this path is written to
+            raise ValueError(f"{self.folder / PROJECT_JSON}: image name {name!r} {name_problem(name)}")
+        return self.folder / ANNOTATIONS / f"{name}.{ext}"
+
     def _png(self, i: int) -> Path:
-        return self.folder / ANNOTATIONS / f"{self.names[i]}.png"
+        return self._annotation_file(i, "png")
 
     def _sidecar(self, i: int) -> Path:
-        return self.folder / ANNOTATIONS / f"{self.names[i]}.json"
+        return self._annotation_file(i, "json")
 
-    @staticmethod
-    def _png_record(png: Path) -> dict:
+    def _read_png(self, i: int, pixels: bool, verify: bool = False) -> tuple[np.ndarray | None, dict]:
+        """(id map or None, validated record) of image ``i``'s PNG; ``verify`` decodes the pixels to check them.
+        Without pixels only the header chunks are read (the record is written before the image data)."""
+        png = self._png(i)
         try:
             with Image.open(png) as im:
-                text = im.text.get(_PNG_KEY)
+                if im.format != "PNG":
+                    raise ValueError(f"not a PNG ({im.format})")
+                text = im.info.get(_PNG_KEY)
+                if pixels or verify or text is None:
+                    im.load()
+                    text = im.text.get(_PNG_KEY)
+                shape = (im.size[1], im.size[0])
+                id_map = np.array(im, dtype=np.uint16) if pixels else None
+                if (pixels or verify) and im.mode not in ("I;16", "I", "L", "I;16B"):
+                    raise ValueError(f"mode {im.mode} is not an instance map")
+        except FileNotFoundError:
+            raise
         except Exception as e:
             raise ValueError(f"{png}: cannot read annotation ({type(e).__name__}: {e})") from None
         if text is None:
             raise ValueError(f"{png}: annotation record missing from the PNG")
-        return json.loads(text)
+        try:
+            rec = json.loads(text)
+        except ValueError as e:
+            raise ValueError(f"{png}: annotation record is not JSON ({e})") from None
+        if shape != self.image_size(i):
+            raise ValueError(f"{png}: size mismatch, map is {shape} but the image is {self.image_size(i)}")
+        _check_record(rec, png, shape, len(self.classes))
+        return id_map, rec
 
     def _load(self, i: int) -> _Annotation:
         i = self._index(i)
         if self._cached is not None and self._cached[0] == i:
             return self._cached[1]
+        name = self.names[i]
+        if name in self.quarantined:
+            raise ValueError(f"{self._png(i)}: damaged annotation ({self.quarantined[name]})")
         png = self._png(i)
         if png.is_file():
             try:
-                with Image.open(png) as im:
-                    id_map = np.array(im, dtype=np.uint16)
-                    rec = json.loads(im.text[_PNG_KEY])
-            except Exception as e:
-                raise ValueError(f"{png}: cannot read annotation ({type(e).__name__}: {e})") from None
-            if id_map.shape != self.image_size(i):
-                raise ValueError(f"{png}: size mismatch, map is {id_map.shape} but the image is {self.image_size(i)}")
+                id_map, rec = self._read_png(i, pixels=True)
+            except ValueError as e:
+                self._quarantine(i, str(e))
+                raise
             ann = _Annotation.from_record(id_map, rec)
         else:
             ann = _Annotation(np.zeros(self.image_size(i), dtype=np.uint16))
         self._cached = (i, ann)
         return ann
 
+    def _disk_generation(self, i: int) -> int | None:
+        """Generation of the record now on disk (None: no PNG)."""
+        try:
+            return int(self._read_png(i, pixels=False)[1].get("generation", 0))
+        except FileNotFoundError:
+            return None
+
     def _store(self, i: int, ann: _Annotation) -> None:
         """Write the map (+ record) atomically, then the sidecar; cache and counts follow the disk."""
-        self._cached = None  # if a write fails, the next read comes from disk
-        ann.generation += 1
-        rec = ann.record(self.names[i])
-        info = PngInfo()
-        info.add_itxt(_PNG_KEY, json.dumps(rec, separators=(",", ":")))
-        with atomic_path(self._png(i)) as tmp:
-            Image.fromarray(ann.id_map).save(tmp, format="PNG", pnginfo=info, compress_level=1)
-        atomic_write_json(self._sidecar(i), rec)
-        self._counts[i] = len(ann.classes)
-        self._cached = (i, ann)
+        with self._write_lock:
+            self._cached = None  # if a write fails, the next read comes from disk
+            self._check_writable(i)
+            png = self._png(i)
+            on_disk = self._disk_generation(i)
+            if on_disk != (ann.generation if ann.on_disk else None):
+                raise ProjectChangedError(
+                    f"{png}: changed by another writer since it was read (generation "
+                    f"{'none' if on_disk is None else on_disk} on disk, {ann.generation if ann.on_disk else 'none'} "
+                    "here); nothing was written: reopen the project")
+            ann.generation += 1
+            rec = ann.record(self.names[i])
+            info = PngInfo()
+            info.add_itxt(_PNG_KEY, json.dumps(rec, separators=(",", ":")))
+            try:
+                with atomic_path(png) as tmp:
+                    Image.fromarray(ann.id_map).save(tmp, format="PNG", pnginfo=info, compress_level=1)
+            except BaseException:
+                ann.generation -= 1
+                raise
+            ann.on_disk = True
+            self._counts[i] = len(ann.classes)
+            atomic_write_json(self._sidecar(i), rec)
+            self._cached = (i, ann)
 
-    def _save_state(self) -> None:
-        self._state["updated"] = _now()
-        atomic_write_json(self.folder / PROJECT_JSON, self._state)
+    def _write_state(self, new: dict, expected_generation: int | None | str = "current") -> None:
+        """Save ``new`` as project.json and make it the state; on any failure the state stays as it was.
+        The generation on disk must still be ours (None: no file yet), else another writer changed it."""
+        with self._write_lock:
+            self._check_writable()
+            path = self.folder / PROJECT_JSON
+            expected = int(self._state.get("generation", 0)) if expected_generation == "current" \
+                else expected_generation
+            found = self._disk_state_generation(path)
+            if found != expected:
+                raise ProjectChangedError(
+                    f"{path}: changed by another writer since it was read (generation {found} on disk, "
+                    f"{expected} here); nothing was written: reopen the project")
+            new = {**new, "generation": (expected or 0) + 1, "updated": _now()}
+            atomic_write_json(path, new)
+            self._state = new
+
+    @staticmethod
+    def _disk_state_generation(path: Path) -> int | None:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as e:
+            raise ProjectChangedError(f"{path}: unreadable ({e}); nothing was written: reopen the project") from None
+        gen = data.get("generation", 0) if isinstance(data, dict) else None
+        return gen if _is_int(gen) else -1

@@ -36,7 +36,7 @@ def test_create_defaults_navigation_progress(tmp_path, images):
     assert ids.dtype == np.uint16 and ids.shape == (24, 32) and not ids.any() and classes == {} and order == []
     p.commit_object(2, _box(0, 5, 0, 5), 3)
     assert p.progress_text() == "1 / 3 annotated" and p.is_annotated(2)
-    q = Project.open(tmp_path / "proj")
+    q = Project.open(tmp_path / "proj", read_only=True)  # p still holds the writer's lock
     assert q.cursor == 1 and q.progress() == (1, 3)
     with pytest.raises(ValueError, match="already exists"):
         Project.create(tmp_path / "proj", images)
@@ -89,6 +89,7 @@ def test_set_annotation_and_classes_persist(tmp_path, images):
     p.set_annotation(1, m, {7: 0, 9: 1})
     assert p.add_class("debris", (1, 2, 3)) == 2
     p.rename_class(0, "Cell")
+    p.close()  # one writer at a time
     q = Project.open(tmp_path / "proj")
     assert q.classes == ["Cell", "nucleus", "debris"] and q.colors[2] == (1, 2, 3)
     ids, classes, order = q.get_annotation(1)
@@ -128,13 +129,14 @@ def test_crash_inside_a_save_keeps_a_consistent_state(tmp_path, images, monkeypa
             p.commit_object(0, _box(10, 12, 10, 12), 2)
     ids, classes, _ = p.get_annotation(0)
     assert classes == {first: 1} and set(np.unique(ids)) == {0, first}
-    assert Project.open(tmp_path / "proj").get_annotation(0)[1] == {first: 1}
+    assert Project.open(tmp_path / "proj", read_only=True).get_annotation(0)[1] == {first: 1}
 
     # 2) crash after the map but before the sidecar: the map (authoritative) has it; open repairs the sidecar
     with monkeypatch.context() as mp:
         mp.setattr(project_mod, "atomic_write_json", boom)
         with pytest.raises(OSError):
             p.commit_object(0, _box(10, 12, 10, 12), 2)
+    p.close()  # one writer at a time
     q = Project.open(tmp_path / "proj")
     ids, classes, _ = q.get_annotation(0)
     assert classes == {first: 1, first + 1: 2} and (ids == first + 1).sum() == 4

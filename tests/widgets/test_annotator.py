@@ -10,6 +10,7 @@ from napari.utils.interactions import mouse_move_callbacks, mouse_press_callback
 
 from napari_ultratinysam.widgets.annotation_state import CAMVID_CLASSES
 
+CAMVID = "CamVid (11 classes)"  # the class preset these tests annotate with (the default is one neutral class)
 CAR = [c.name for c in CAMVID_CLASSES].index("Car")
 PEDESTRIAN = [c.name for c in CAMVID_CLASSES].index("Pedestrian")
 
@@ -175,6 +176,7 @@ def test_multimask_cycle(annotator, qtbot):
 
 def test_commit_writes_ids_and_classes(annotator, qtbot):
     viewer, w = annotator()
+    assert w.apply_class_preset(CAMVID)
     w.class_list.setCurrentRow(CAR)
     click(qtbot, w, (30, 40))
     oid = w.commit()
@@ -223,6 +225,7 @@ def test_undo_redo_keep_brush_edits(annotator, qtbot):
 
 def test_select_delete_reclass(annotator, qtbot):
     viewer, w = annotator()
+    assert w.apply_class_preset(CAMVID)
     click(qtbot, w, (30, 40))
     w.commit()
     click(qtbot, w, (10, 10))
@@ -248,6 +251,7 @@ def test_select_delete_reclass(annotator, qtbot):
 
 def test_class_editing(annotator, qtbot):
     viewer, w = annotator()
+    assert w.apply_class_preset(CAMVID)
     i = w.add_class("Dog", (10, 20, 30))
     assert w.class_list.count() == 12 and w.class_list.item(i).text() == "Dog"
     assert w.current_class() == i
@@ -519,6 +523,7 @@ def test_project_autosave_navigation_and_prefetch(make_napari_viewer, qtbot, tmp
     p = FakePredictor()
     w = AnnotatorWidget(viewer, predictor=p)
     try:
+        assert w.apply_class_preset(CAMVID)
         with qtbot.waitSignal(w.embedding_ready, timeout=5000):
             assert w.new_project(tmp_path / "proj", imgs)
         assert w.project_index == 0 and w.annotations.data.shape == (64, 80)
@@ -528,12 +533,12 @@ def test_project_autosave_navigation_and_prefetch(make_napari_viewer, qtbot, tmp
         click(qtbot, w, (30, 40))
         assert w.commit() == 1
         w.flush_autosave()
-        ids, classes, _ = Project.open(tmp_path / "proj").get_annotation(0)
+        ids, classes, _ = Project.open(tmp_path / "proj", read_only=True).get_annotation(0)
         assert classes == {1: CAR} and (ids == 1).sum() == disc((64, 80), 30, 40, 10).sum()
         assert "1 / 2 annotated" in w.project_label.text()
         w.undo()
         w.flush_autosave()
-        assert Project.open(tmp_path / "proj").get_annotation(0)[1] == {}
+        assert Project.open(tmp_path / "proj", read_only=True).get_annotation(0)[1] == {}
         w.redo()
         with qtbot.waitSignal(w.embedding_ready, timeout=5000):
             w.go_to_image(1)
@@ -543,8 +548,8 @@ def test_project_autosave_navigation_and_prefetch(make_napari_viewer, qtbot, tmp
             w.go_to_image(0)
         assert (w.annotations.data == 1).sum() > 0 and w.model.object_class == {1: CAR}
         w.add_class("Dog")
-        assert Project.open(tmp_path / "proj").classes[-1] == "Dog"
-        assert Project.open(tmp_path / "proj").cursor == 0
+        assert Project.open(tmp_path / "proj", read_only=True).classes[-1] == "Dog"
+        assert Project.open(tmp_path / "proj", read_only=True).cursor == 0
     finally:
         w.cleanup()
 
