@@ -1,8 +1,13 @@
-"""npe2 reader: open a dataset folder (our export, shards, or any format the readers detect) in napari.
+"""npe2 reader and writer: our own files only.
 
-Gives three lazily loaded stacks (one slice per image, padded at the bottom/right to the largest image): the
-images, the instance ids (Labels) and the class map (Labels coloured by class, value = class index + 1, with the
-class names as features). Names, classes and colours are in each layer's metadata.
+The reader claims an annotation project (``project.json``, or a folder holding one) and an exported dataset
+(``dataset.json`` with our format tag, or a folder holding one); any other file or folder is left to napari and other
+plugins (get_reader returns None). A project docks the annotator on it; a dataset gives three lazily loaded stacks
+(one slice per image, padded at the bottom/right to the largest image): the images, the instance ids (Labels) and the
+class map (Labels coloured by class, value = class index + 1, with the class names as features). Names, classes and
+colours are in each layer's metadata.
+
+The writer saves a 2-D Labels layer as a CamVid-style label PNG (8-bit when the ids fit, else 16-bit).
 """
 from __future__ import annotations
 
@@ -14,40 +19,122 @@ import numpy as np
 
 from .. import _gui_safety  # noqa: F401  (napari process: keep torch away from Triton)
 
-from .readers import Dataset, detect_format, read_dataset
+from .readers import Dataset, read_dataset
 from .types import AnnotatedImage
 
 LayerData = tuple[Any, dict, str]
+PLUGIN = "napari-ultratinysam"
+PROJECT_JSON = "project.json"
+DATASET_JSON = "dataset.json"
 
 
-def _resolve(path: str | list[str]) -> Path | None:
+def _single(path: str | list[str]) -> Path | None:
     if isinstance(path, (list, tuple)):
         if len(path) != 1:
             return None
         path = path[0]
-    p = Path(path)
-    if p.is_file() and p.name in ("dataset.json", "index.json"):
-        p = p.parent
-    return p if p.is_dir() else None
+    return Path(path)
+
+
+def _is_project(folder: Path) -> bool:
+    from ..io_utils import read_tagged_json
+    from .project import PROJECT_FORMAT
+
+    try:
+        read_tagged_json(folder / PROJECT_JSON, "format", PROJECT_FORMAT, "a napari-ultratinysam project file")
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def _is_dataset(folder: Path) -> bool:
+    from .readers import ours
+
+    return (folder / DATASET_JSON).is_file() and ours.detect(folder)
+
+
+def claim(path: str | list[str]) -> tuple[str, Path] | None:
+    """("project" | "dataset", its folder) when ``path`` is one of our files or a folder holding one, else None."""
+    p = _single(path)
+    if p is None:
+        return None
+    if p.is_file():
+        kinds = {PROJECT_JSON: ("project", _is_project), DATASET_JSON: ("dataset", _is_dataset)}
+        kind, test = kinds.get(p.name, (None, None))
+        return (kind, p.parent) if test is not None and test(p.parent) else None
+    if p.is_dir():
+        if _is_project(p):
+            return "project", p
+        if _is_dataset(p):
+            return "dataset", p
+    return None
 
 
 def get_reader(path: str | list[str]) -> Callable[[str | list[str]], list[LayerData]] | None:
-    """napari reader hook: a reader function for a dataset folder, or None when this is not one."""
-    p = _resolve(path)
-    if p is None:
+    """napari reader hook: a reader function for our project / dataset files and folders, else None."""
+    found = claim(path)
+    if found is None:
         return None
-    try:
-        fmt = detect_format(p)
-    except (FileNotFoundError, ValueError, OSError):
-        return None
-    return functools.partial(_read, fmt=fmt)
+    return _read_project if found[0] == "project" else _read_dataset
 
 
-def _read(path: str | list[str], fmt: str = "auto") -> list[LayerData]:
-    p = _resolve(path)
-    if p is None:
-        raise ValueError(f"{path}: not a dataset folder")
-    return dataset_layers(read_dataset(p, format=fmt))
+def _read_dataset(path: str | list[str]) -> list[LayerData]:
+    found = claim(path)
+    if found is None or found[0] != "dataset":
+        raise ValueError(f"{path}: not a napari-ultratinysam dataset export (dataset.json)")
+    return dataset_layers(read_dataset(found[1], format="ours"))
+
+
+def _read_project(path: str | list[str]) -> list[LayerData]:
+    """Dock the annotator (or reuse the one docked) and open the project in it; no layers of its own."""
+    import napari
+
+    found = claim(path)
+    if found is None or found[0] != "project":
+        raise ValueError(f"{path}: not a napari-ultratinysam project (project.json)")
+    folder = found[1]
+    viewer = napari.current_viewer()
+    if viewer is None:
+        raise ValueError(f"{folder}: a project opens in the annotator of a napari viewer; none is open")
+    open_project_in_viewer(viewer, folder)
+    return [(None,)]  # napari's sentinel: read, nothing to add (the annotator adds the project's layers)
+
+
+def open_project_in_viewer(viewer: Any, folder: str | Path) -> Any:
+    """The viewer's annotator (docked now if needed) annotating the project at ``folder``; ValueError / OSError
+    (one line) when the project cannot be opened."""
+    from .project import Project
+
+    folder = Path(folder)
+    _dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Annotator")
+    current = getattr(widget, "project", None)
+    if current is not None and Path(current.folder).resolve() == folder.resolve():
+        return widget  # already open here: opening it twice would contend with its own project
+    widget.set_project(Project.open(folder))
+    return widget
+
+
+def write_labels(path: str, data: Any, meta: dict) -> list[str]:
+    """npe2 writer: one 2-D Labels layer -> a label PNG (ids as pixel values; 8-bit if they fit, else 16-bit)."""
+    from PIL import Image
+
+    from ..io_utils import atomic_path
+
+    arr = np.asarray(data)
+    name = meta.get("name", "labels")
+    if arr.ndim != 2:
+        raise ValueError(f"{path}: layer {name!r}: a label PNG holds one 2-D image; this layer is {arr.ndim}-D "
+                         f"(save it as .tif instead)")
+    if arr.size and (arr.min() < 0 or arr.max() > 65535):
+        raise ValueError(f"{path}: layer {name!r}: label values must be 0..65535 for a PNG, "
+                         f"got {arr.min()}..{arr.max()}")
+    out = Path(path)
+    if out.suffix.lower() != ".png":
+        out = out.with_suffix(".png")
+    dtype = np.uint8 if not arr.size or arr.max() <= 255 else np.uint16
+    with atomic_path(out) as tmp:
+        Image.fromarray(np.ascontiguousarray(arr.astype(dtype))).save(tmp, format="PNG")
+    return [str(out)]
 
 
 def instance_map(item: AnnotatedImage) -> np.ndarray:
