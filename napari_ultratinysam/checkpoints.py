@@ -5,6 +5,8 @@ Loading never unpickles anything. Writes are atomic. Every failure is one line n
 from __future__ import annotations
 
 import json
+import math
+import os
 from pathlib import Path
 
 import torch
@@ -32,7 +34,68 @@ def save_checkpoint(model: torch.nn.Module, path: str | Path, extra: dict | None
     meta = {"format": FORMAT, "config": json.dumps(to_dict(model.cfg)), "extra": json.dumps(extra or {})}
     with atomic_path(path) as tmp:
         save_file(sd, str(tmp), metadata=meta)
+        # safetensors re-creates the file (mode 0600) after atomic_path set the usual mode: set it again
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
     return path
+
+
+# sane bounds for every integer of a ModelConfig read from a file: a crafted value must not build a huge model
+_INT_BOUNDS = {
+    "image_size": (32, 4096), "neck_dim": (1, 4096), "decoder_dim": (1, 4096), "decoder_depth": (1, 64),
+    "decoder_heads": (1, 256), "decoder_mlp_dim": (1, 65536), "attention_downsample_rate": (1, 64),
+    "num_multimask_outputs": (1, 16), "iou_head_depth": (1, 64), "iou_head_hidden_dim": (1, 65536),
+    "mask_in_chans": (1, 4096), "multimask_max_points": (0, 1024),
+}
+_TRUNKS = ("mobilevit_xs", "efficientnet_lite0")
+
+
+def validate_model_config(cfg: ModelConfig, where: str) -> None:
+    """One CheckpointError naming ``where`` and the field when a ModelConfig read from disk is not sane."""
+    def bad(field: str, msg: str):
+        raise CheckpointError(f"{where}: config field {field}: {msg}")
+
+    if not isinstance(cfg.name, str) or not cfg.name or len(cfg.name) > 200:
+        bad("name", f"expected a short non-empty name, got {cfg.name!r}")
+    for field, (lo, hi) in _INT_BOUNDS.items():
+        v = getattr(cfg, field)
+        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+            bad(field, f"expected an integer in {lo}..{hi}, got {v!r}")
+    if cfg.image_size % 16:
+        bad("image_size", f"must be a multiple of 16, got {cfg.image_size}")
+    if cfg.decoder_dim % cfg.decoder_heads:
+        bad("decoder_heads", f"{cfg.decoder_heads} does not divide decoder_dim {cfg.decoder_dim}")
+    if cfg.trunk not in _TRUNKS:
+        bad("trunk", f"unknown trunk {cfg.trunk!r}; expected one of {', '.join(_TRUNKS)}")
+    depths = list(cfg.trunk_depths)
+    if len(depths) != 2 or any(isinstance(d, bool) or not isinstance(d, int) or not 1 <= d <= 64 for d in depths):
+        bad("trunk_depths", f"expected two integers in 1..64, got {depths!r}")
+    for field in ("trunk_pretrained", "fpn_top_down", "use_high_res_features", "pred_obj_scores",
+                  "gate_by_object_score"):
+        if not isinstance(getattr(cfg, field), bool):
+            bad(field, f"expected true or false, got {getattr(cfg, field)!r}")
+    pick = cfg.candidate_pick
+    if pick is not None:
+        from .pick import check_pick
+
+        for field in ("mean", "std", "w1", "b1", "w2"):
+            vals = getattr(pick, field)
+            if not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in vals):
+                bad(f"candidate_pick.{field}", "expected finite numbers")
+        if not math.isfinite(pick.b2):
+            bad("candidate_pick.b2", f"expected a finite number, got {pick.b2!r}")
+        try:
+            check_pick(pick, where=f"{where}: config field candidate_pick")
+        except ValueError as e:
+            raise CheckpointError(str(e)) from None
+
+
+def _check_finite(sd: dict[str, torch.Tensor], path: Path) -> None:
+    for k, v in sd.items():
+        if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            raise CheckpointError(f"checkpoint {path}: weight {k} has NaN or infinite values; the file is "
+                                  f"damaged or came from a diverged run")
 
 
 def read_checkpoint(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor], dict]:
@@ -54,10 +117,21 @@ def read_checkpoint(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tens
         raise CheckpointError(f"checkpoint {path}: no UltraTinySAM config in its metadata "
                               f"(format {meta.get('format')!r}); was it written by utsam?")
     try:
-        cfg = from_dict(ModelConfig, json.loads(meta["config"]))
-    except (ValueError, TypeError) as e:
+        raw = json.loads(meta["config"])
+        if not isinstance(raw, dict):
+            raise ValueError(f"expected a JSON object, got {type(raw).__name__}")
+        cfg = from_dict(ModelConfig, raw)
+    except (ValueError, TypeError, AttributeError) as e:
         raise CheckpointError(f"checkpoint {path}: bad config ({e})") from None
-    extra = json.loads(meta.get("extra", "{}") or "{}")
+    validate_model_config(cfg, f"checkpoint {path}")
+    try:
+        extra = json.loads(meta.get("extra", "{}") or "{}")
+    except ValueError as e:
+        raise CheckpointError(f"checkpoint {path}: metadata field extra is not JSON ({e})") from None
+    if not isinstance(extra, dict):
+        raise CheckpointError(f"checkpoint {path}: metadata field extra: expected a JSON object, "
+                              f"got {type(extra).__name__}")
+    _check_finite(sd, path)
     return cfg, sd, extra
 
 

@@ -2,12 +2,18 @@
 
 Each module in COMMAND_MODULES exposes ``register(subparsers)``, which adds its subcommand(s) and sets
 ``func=callable(args) -> int`` on the parser.
+
+:func:`main` is the one error boundary: an expected failure (bad input, unreadable or unwritable file, resource
+limit) is one line naming the file or argument and exit code 2; anything else is one line that points to
+``--debug``, which re-raises for the traceback.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+from pathlib import Path
 
 COMMAND_MODULES = [
     "napari_ultratinysam.commands",
@@ -17,19 +23,134 @@ COMMAND_MODULES = [
     "napari_ultratinysam.compression.commands",
 ]
 
+EXIT_USER_ERROR = 2
+EXIT_INTERNAL_ERROR = 1
+
 
 class CliError(Exception):
     """A user error: printed as one line, exit code 2."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """Argument errors as one line (usage is one ``--help`` away), exit code 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+# ------------------------------------------------------------------ argument types and output checks
+
+
+def _int_at_least(lo: int):
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if v < lo:
+            raise argparse.ArgumentTypeError(f"must be >= {lo}, got {v}")
+        return v
+
+    parse.__name__ = f"int>={lo}"
+    return parse
+
+
+positive_int = _int_at_least(1)
+nonnegative_int = _int_at_least(0)
+
+
+def _nearest_existing(path: Path) -> Path:
+    p = path
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return p
+
+
+def _check_parent_writable(path: Path, flag: str) -> None:
+    anc = _nearest_existing(path.parent if str(path.parent) else Path("."))
+    if not anc.is_dir():
+        raise CliError(f"{flag} {path}: {anc} is a file, not a folder")
+    if not os.access(anc, os.W_OK | os.X_OK):
+        raise CliError(f"{flag} {path}: folder {anc} is not writable")
+
+
+def check_output_file(path, flag: str) -> Path:
+    """Refuse an output file path that cannot be written (a folder, or under an unwritable / non-folder parent)
+    before any long work starts."""
+    path = Path(path)
+    if path.is_dir():
+        raise CliError(f"{flag} {path}: is a folder; give a file name")
+    _check_parent_writable(path, flag)
+    return path
+
+
+def check_output_dir(path, flag: str) -> Path:
+    """Refuse an output folder that is a file or cannot be created / written, before any long work starts."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise CliError(f"{flag} {path}: is a file, not a folder")
+    if path.is_dir():
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise CliError(f"{flag} {path}: folder is not writable")
+    else:
+        _check_parent_writable(path, flag)
+    return path
+
+
+# ------------------------------------------------------------------ the error boundary
+
+
+def _expected_errors() -> tuple[type[BaseException], ...]:
+    types: list[type[BaseException]] = [CliError, OSError, ValueError, MemoryError]
+    try:
+        from PIL import Image
+
+        types.append(Image.DecompressionBombError)  # not an OSError
+    except ImportError:  # pragma: no cover - Pillow is a dependency
+        pass
+    try:
+        import yaml
+
+        types.append(yaml.YAMLError)
+    except ImportError:  # pragma: no cover
+        pass
+    return tuple(types)
+
+
+def _one_line(text: str, limit: int = 600) -> str:
+    text = " ".join(line.strip() for line in str(text).splitlines() if line.strip())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def describe_error(e: BaseException) -> str:
+    """One line for an expected failure; OSErrors name their file."""
+    if isinstance(e, OSError) and not isinstance(e, CliError) and getattr(e, "filename", None) is not None:
+        what = e.strerror or str(e)
+        names = f"{e.filename}" + (f" -> {e.filename2}" if getattr(e, "filename2", None) else "")
+        return _one_line(f"{names}: {what}")
+    if isinstance(e, MemoryError):
+        return _one_line(f"out of memory{(': ' + str(e)) if str(e) else ''}")
+    try:
+        from PIL import Image
+
+        if isinstance(e, Image.DecompressionBombError):
+            return _one_line(f"image refused: {e}")
+    except ImportError:  # pragma: no cover
+        pass
+    return _one_line(str(e) or type(e).__name__)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    parser = argparse.ArgumentParser(prog="utsam", description="UltraTinySAM: segment, annotate, train, export.")
+    parser = _Parser(prog="utsam", description="UltraTinySAM: segment, annotate, train, export.")
     parser.add_argument("--version", action="version", version=f"utsam {__version__}")
+    parser.add_argument("--debug", action="store_true", help="on an error, show the full traceback")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for mod in COMMAND_MODULES:
         importlib.import_module(mod).register(sub)
+    for p in sub.choices.values():  # `utsam CMD ... --debug` works too
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser
 
 
@@ -39,11 +160,25 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 1
+    prog = f"utsam {args.command}"
     try:
         return int(args.func(args) or 0)
-    except (CliError, FileNotFoundError, ValueError) as e:
-        print(f"utsam {args.command}: error: {e}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except _expected_errors() as e:
+        if args.debug:
+            raise
+        print(f"{prog}: error: {describe_error(e)}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except Exception as e:  # an unexpected failure: still one line, the traceback on request
+        if args.debug:
+            raise
+        print(f"{prog}: internal error: {type(e).__name__}: {describe_error(e)} "
+              f"(rerun with --debug for the traceback)", file=sys.stderr)
+        return EXIT_INTERNAL_ERROR
 
 
 if __name__ == "__main__":

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .cli import check_output_dir, check_output_file, positive_int
+
 
 def _parse_point(text: str) -> tuple[float, float, int]:
     parts = text.split(",")
@@ -37,7 +39,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--onnx", type=Path, help="a folder with encoder.onnx + decoder.onnx (utsam export-onnx)")
     p.add_argument("--backend", choices=["torch", "onnx"], default=None,
                    help="inference backend (default torch; onnx when --precision is int8, bf16 or auto)")
-    p.add_argument("--threads", type=int, default=1, help="intra-op threads (default 1)")
+    p.add_argument("--threads", type=positive_int, default=1, help="intra-op threads (default 1)")
     p.add_argument("--precision", choices=["auto", "float", "int8", "bf16"], default="float",
                    help="onnx backend: int8 graphs (made once and cached, onnxruntime), bf16 (OpenVINO, CPUs with "
                         "AMX / AVX512-BF16); auto = bf16 where the CPU has AMX / AVX512-BF16, else int8 where it has "
@@ -63,14 +65,23 @@ def make_predictor(args, **kw):
 
 
 def read_image(path: Path) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
+    """An image file -> its array; a missing, unreadable, corrupt or oversized (PIL's decompression-bomb limit)
+    file is one ValueError / FileNotFoundError naming it."""
+    from PIL import Image
 
-    if not Path(path).is_file():
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"image {path}: is a folder, not an image file")
+    if not path.is_file():
         raise FileNotFoundError(f"image {path} does not exist")
     try:
         with Image.open(path) as im:
             return np.asarray(im)
-    except (UnidentifiedImageError, OSError) as e:
+    except Image.DecompressionBombError as e:
+        raise ValueError(f"image {path}: refused, too many pixels ({e})") from None
+    except MemoryError:
+        raise MemoryError(f"image {path}: not enough memory to decode it") from None
+    except (OSError, SyntaxError, ValueError) as e:  # PIL raises these for truncated / corrupt files
         raise ValueError(f"image {path}: cannot be read ({e})") from None
 
 
@@ -100,6 +111,7 @@ def cmd_segment(args) -> int:
 
     if not args.point and not args.box:
         raise ValueError("give at least one --point X,Y[,LABEL] or a --box X0,Y0,X1,Y1")
+    check_output_file(args.output, "-o")
     image = read_image(args.image)
     pred = make_predictor(args, zoom_refine=not args.no_zoom, flip_tta=args.flip_tta)
     pred.set_image(image)
@@ -117,6 +129,7 @@ def cmd_export_onnx(args) -> int:
     from .checkpoints import DEFAULT_CHECKPOINT, load_model
     from .runtime import export_onnx
 
+    check_output_dir(args.output, "-o")
     calibration = None
     if args.calibration is not None:
         if args.precision != "int8":

@@ -8,6 +8,7 @@ encoder adds 0.5 itself).
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,6 +17,11 @@ import torch.nn.functional as F
 
 PIXEL_MEAN = (0.485, 0.456, 0.406)
 PIXEL_STD = (0.229, 0.224, 0.225)
+
+# Images with more values than this are converted and resized without a float copy of the whole image (a huge
+# image must not need several times its own size in memory to make a 128-pixel model input).
+LARGE_IMAGE_VALUES = 1 << 26
+_CHUNK_VALUES = 1 << 22  # values per block of the blockwise conversion
 
 
 @dataclass(frozen=True)
@@ -74,24 +80,50 @@ def to_rgb_uint8(image: np.ndarray, name: str = "image") -> np.ndarray:
     if a.dtype == np.uint8:
         out = a
     else:
-        f = a.astype(np.float32)
-        if not np.all(np.isfinite(f)):
-            raise ValueError(f"{name}: image contains NaN or infinite values")
-        lo, hi = float(f.min()), float(f.max())
-        if a.dtype.kind == "f" and lo >= 0.0 and hi <= 1.0:
-            out = np.round(f * 255.0).astype(np.uint8)
-        elif a.dtype.kind in "ui" and lo >= 0 and hi <= 255 and a.dtype.itemsize == 1:
-            out = f.astype(np.uint8)
-        else:
-            rng = hi - lo if hi > lo else 1.0
-            out = np.round((f - lo) / rng * 255.0).astype(np.uint8)
+        out = _scale_to_uint8(a, name)
     if out.shape[2] == 1:
         out = np.repeat(out, 3, axis=2)
     return np.ascontiguousarray(out)
 
 
+def _scale_to_uint8(a: np.ndarray, name: str) -> np.ndarray:
+    """(H, W, C) non-uint8 -> uint8 as :func:`to_rgb_uint8` describes, converted in blocks of rows so that no
+    float copy of the whole image is held (the same float32 arithmetic per value as a whole-image conversion)."""
+    rows = max(1, _CHUNK_VALUES // max(1, a.shape[1] * a.shape[2]))
+    blocks = [slice(r, min(a.shape[0], r + rows)) for r in range(0, a.shape[0], rows)]
+    lo = hi = None
+    for b in blocks:  # float32 rounding is monotonic: the block extremes give the whole image's
+        f = a[b].astype(np.float32)
+        if not np.all(np.isfinite(f)):
+            raise ValueError(f"{name}: image contains NaN or infinite values")
+        flo, fhi = float(f.min()), float(f.max())
+        lo, hi = (flo, fhi) if lo is None else (min(lo, flo), max(hi, fhi))
+    out = np.empty(a.shape, dtype=np.uint8)
+    unit = a.dtype.kind == "f" and lo >= 0.0 and hi <= 1.0
+    small_int = a.dtype.kind in "ui" and lo >= 0 and hi <= 255 and a.dtype.itemsize == 1
+    rng = hi - lo if hi > lo else 1.0
+    for b in blocks:
+        f = a[b].astype(np.float32)
+        if unit:
+            out[b] = np.round(f * 255.0).astype(np.uint8)
+        elif small_int:
+            out[b] = f.astype(np.uint8)
+        else:
+            out[b] = np.round((f - lo) / rng * 255.0).astype(np.uint8)
+    return out
+
+
 def resize_uint8(image: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
     """Bilinear (antialiased when shrinking) resize of an (H, W, C) uint8 image with torch."""
+    if image.size > LARGE_IMAGE_VALUES and image.dtype == np.uint8:
+        # torch resizes uint8 directly (fixed point, within 1 of the float result): no float copy of a huge image,
+        # and a read-only array (np.asarray of a PIL image) is only read, so it is not copied either
+        src = image if image.flags.c_contiguous else np.ascontiguousarray(image)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "non-writable array": it is never written here
+            t = torch.from_numpy(src).permute(2, 0, 1)[None]
+        t = F.interpolate(t, size=hw, mode="bilinear", align_corners=False, antialias=True)
+        return t[0].permute(1, 2, 0).contiguous().numpy()
     a = image if (image.flags.writeable and image.flags.c_contiguous) else np.array(image)
     t = torch.from_numpy(a).permute(2, 0, 1)[None].float()
     t = F.interpolate(t, size=hw, mode="bilinear", align_corners=False, antialias=True)

@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+from ..cli import check_output_dir, nonnegative_int, positive_int
 from ..commands import _parse_box  # one parser for X0,Y0,X1,Y1 in every subcommand
 
 PROMPTS = ("center-point", "points", "box")
@@ -81,7 +82,7 @@ def cmd_quantize(args) -> int:
     from .quantize import quantize_to_onnx
 
     method = "qat" if args.qat else "ptq"
-    out = Path(args.output)
+    out = check_output_dir(args.output, "-o")  # before the quantization
     q = quantize_to_onnx(calibration=args.calibration, method=method, out=out, num_images=args.num_images,
                          qat_steps=args.qat_steps, qat_lr=args.qat_lr, progress=_progress(args.quiet),
                          **_model_kwargs(args), **_prompt_kwargs(args))
@@ -104,6 +105,7 @@ def cmd_quantize(args) -> int:
 def cmd_export_imx500(args) -> int:
     from .imx500 import export_imx500
 
+    check_output_dir(args.output, "-o")  # before the quantization and conversion
     r = export_imx500(calibration=args.calibration, method=args.method, out=args.output,
                       num_images=args.num_images, qat_steps=args.qat_steps, qat_lr=args.qat_lr,
                       progress=_progress(args.quiet), timeout=args.timeout, **_model_kwargs(args),
@@ -131,8 +133,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calibration", type=Path, metavar="DATASET",
                    help="representative images: a dataset (any supported format; its train split) or an image "
                         "folder (default: the bundled sample data)")
-    p.add_argument("--num-images", type=int, default=128, help="calibration images (default 128)")
-    p.add_argument("--qat-steps", type=int, default=200, help="QAT fine-tuning steps (default 200)")
+    p.add_argument("--num-images", type=positive_int, default=128, help="calibration images (default 128)")
+    p.add_argument("--qat-steps", type=nonnegative_int, default=200, help="QAT fine-tuning steps (default 200)")
     p.add_argument("--qat-lr", type=float, default=1e-5, help="QAT learning rate (default 1e-5)")
     p.add_argument("--quiet", action="store_true", help="no progress messages")
 

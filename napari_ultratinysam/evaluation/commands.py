@@ -90,13 +90,17 @@ class FolderPairs(Sequence[AnnotatedImage]):
         from ..transforms import to_rgb_uint8
 
         img_path, mask_path = self.pairs[i]
+        current = img_path
         try:
             with Image.open(img_path) as im:
                 im = im.convert("RGB") if im.mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV", "1") else im
                 image = to_rgb_uint8(np.array(im), name=str(img_path))  # a writable copy
+            current = mask_path
             with Image.open(mask_path) as mk:
                 mode = mk.mode
                 label = np.asarray(mk)
+        except Image.DecompressionBombError as e:  # not an OSError: name the file here
+            raise ValueError(f"{current}: image refused, too many pixels ({e})") from None
         except OSError as e:
             raise ValueError(f"{e.filename or img_path}: cannot read image ({e})") from e
         masks, ignore = masks_from_label_image(label, mode, name=str(mask_path))
@@ -190,7 +194,7 @@ def _default_label(args: argparse.Namespace, model: str | None = None) -> str:
 
 # ----------------------------------------------------------------------------------------- command
 def run_evaluate(args: argparse.Namespace) -> int:
-    from ..cli import CliError
+    from ..cli import CliError, check_output_dir
     from .protocols import evaluate_interactive, evaluate_paper
     from .report import run_metrics, write_report
 
@@ -210,6 +214,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         raise CliError("--roi-size is only used with --imx500 / --imx500-float")
     if getattr(args, "flip_tta", False) and device:
         raise CliError("--flip-tta does not apply to --imx500 / --imx500-float (the camera runs the graph once)")
+    check_output_dir(args.output, "-o")  # before the evaluation: a bad -o must not throw the work away
     dataset = load_dataset(args)
     if len(dataset) == 0:
         raise CliError(f"{args.dataset or args.images}: the dataset has no images")

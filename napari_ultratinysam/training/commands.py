@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from ..cli import check_output_file, nonnegative_int
 from ..pick import CLICK_STYLES
 
 
@@ -33,12 +34,12 @@ def register(subparsers) -> None:
     q.add_argument("--split", default="train", help="--dataset's split (default train)")
     q.add_argument("--format", default="auto", help="--dataset's format (default auto)")
     q.add_argument("--val-split", default=None, help="also report the pick on this split of --dataset")
-    q.add_argument("--min-area", type=int, default=200, help="skip objects with fewer pixels (default 200)")
-    q.add_argument("--min-area-128", type=int, default=0,
+    q.add_argument("--min-area", type=nonnegative_int, default=200, help="skip objects with fewer pixels (default 200)")
+    q.add_argument("--min-area-128", type=nonnegative_int, default=0,
                    help="skip objects with fewer pixels once squashed to 128x128 (the paper protocol's floor: 150)")
     q.add_argument("--clicks", default=",".join(CLICK_STYLES),
                    help=f"first clicks per object, comma list of {', '.join(CLICK_STYLES)} (default all three)")
-    q.add_argument("--max-images", type=int, default=0, help="at most this many images of each dataset (0 = all)")
+    q.add_argument("--max-images", type=nonnegative_int, default=0, help="at most this many images of each dataset (0 = all)")
     q.add_argument("--hidden", type=int, default=16, help="hidden units of the pick MLP (default 16)")
     q.add_argument("--seed", type=int, default=0)
     q.set_defaults(func=run_fit_pick)
@@ -112,6 +113,7 @@ def run_fit_pick(args) -> int:
         raise FileNotFoundError(f"{args.checkpoint}: --checkpoint file does not exist")
     if args.hidden < 1:
         raise ValueError(f"--hidden: must be >= 1, got {args.hidden}")
+    check_output_file(args.out, "--out")  # before the fit: a bad --out must not throw the work away
     fit_specs, val_specs = _fit_pick_specs(args)
     styles = _click_styles(args.clicks)
     _, sd, extra = read_checkpoint(args.checkpoint)
