@@ -72,8 +72,8 @@ def training_preset(name: str | Path) -> Path:
     known = training_presets()
     where = (f"presets here: {', '.join(known)}" if known else
              "training presets (finetune, train_scratch) ship only with a source checkout's model/configs")
-    raise FileNotFoundError(f"training config {name}: no such file or preset is installed ({where}); "
-                            f"pass the path of a training YAML")
+    raise FileNotFoundError(f"training config {name}: no such file, and no training preset of that name is "
+                            f"installed ({where}); pass the path of a training YAML")
 
 
 def sample_dir() -> Path:
