@@ -82,12 +82,13 @@ def _mkdirs(folder: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, suffix: str | None = None, durable: bool = True) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success it is fsynced, renamed onto ``path``, and the folder fsynced.
 
     The temporary name is ``.NAME.<random><suffix>`` (``suffix`` defaults to ``path``'s suffix + ``.tmp``), so stale
     ones left by a killed process can be found and removed. On any exception the temporary file is removed and
-    ``path`` is left as it was. The file gets the usual permissions (0666 less the umask).
+    ``path`` is left as it was. The file gets the usual permissions (0666 less the umask). ``durable=False`` skips
+    both fsyncs (still atomic) for files that are rebuilt from another one when they are found stale.
     """
     path = Path(path)
     _mkdirs(path.parent)
@@ -98,27 +99,29 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
         yield tmp_path
         # after the body: a writer may have re-created the file (mkstemp's 0600 or its own mode)
         os.chmod(tmp_path, 0o666 & ~umask())
-        with open(tmp_path, "rb+") as f:
-            os.fsync(f.fileno())
+        if durable:
+            with open(tmp_path, "rb+") as f:
+                os.fsync(f.fileno())
         os.replace(tmp_path, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
         raise
-    fsync_dir(path.parent)
+    if durable:
+        fsync_dir(path.parent)
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    with atomic_path(path) as tmp:
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, durable: bool = True) -> None:
+    with atomic_path(path, durable=durable) as tmp:
         tmp.write_bytes(data)
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
+def atomic_write_text(path: str | os.PathLike, text: str, durable: bool = True) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"), durable)
 
 
-def atomic_write_json(path: str | os.PathLike, obj, indent: int = 2) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=indent, sort_keys=False) + "\n")
+def atomic_write_json(path: str | os.PathLike, obj, indent: int = 2, durable: bool = True) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=indent, sort_keys=False) + "\n", durable)
 
 
 def read_tagged_json(path: str | os.PathLike, field: str, tag: str, what: str,

@@ -756,7 +756,8 @@ class Project:
                 raise
             ann.on_disk = True
             self._counts[i] = len(ann.classes)
-            atomic_write_json(self._sidecar(i), rec)
+            # a readable copy, rebuilt from the PNG on open when stale: atomic but not fsynced
+            atomic_write_json(self._sidecar(i), rec, durable=False)
             self._cached = (i, ann)
 
     def _write_state(self, new: dict, expected_generation: int | None | str = "current") -> None:
