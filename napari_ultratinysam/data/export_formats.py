@@ -257,6 +257,8 @@ def export_other(fmt: str, src: _Source, out_dir: Path, ratios: Sequence[float],
             summary.objects_written += writer.add(item, name, split)
             counts[split] += 1
             (summary.replaced if name in previous else summary.added).append(name)
-        writer.finish([s for s, r in zip(splits, ratios) if r > 0 or counts[s]])
+        # only splits that hold images: readers refuse an empty image folder (an empty export keeps one, as a marker)
+        used = [s for s in splits if counts[s]] or [next(s for s, r in zip(splits, ratios) if r > 0)]
+        writer.finish(used)
     summary.images_per_split = counts
     return summary

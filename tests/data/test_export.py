@@ -220,3 +220,126 @@ def _ids(item: AnnotatedImage) -> np.ndarray:
     for m, i in zip(item.masks, item.extra["instance_ids"]):
         out[m] = i
     return out
+
+
+# ---------------------------------------------------------------- void index and formats (issue 22)
+
+
+def test_void_index_defaults_to_255_for_any_number_of_classes(tmp_path):
+    img = np.zeros((6, 6, 3), np.uint8)
+    masks = np.zeros((1, 6, 6), bool)
+    masks[0, :3] = True
+    classes = [f"c{k}" for k in range(11)]
+    export_dataset([AnnotatedImage(img, masks, np.array([10]), name="a")], tmp_path / "ds", classes=classes)
+    # a 12th class appended (as the class list's Add does): the same folder takes it, old maps stay valid
+    export_dataset([AnnotatedImage(img, masks, np.array([11]), name="b")], tmp_path / "ds",
+                   classes=classes + ["new"])
+    meta = json.loads((tmp_path / "ds" / "dataset.json").read_text())
+    assert meta["void_index"] == 255 and meta["classes"][-1] == "new" and sorted(meta["images"]) == ["a", "b"]
+    back = {it.name: it.class_ids.tolist() for it in read_dataset(tmp_path / "ds")}
+    assert back == {"a": [10], "b": [11]}
+    # an older dataset whose void value is now a class index: one clear line, nothing written
+    export_dataset([AnnotatedImage(img, masks, np.array([0]), name="a")], tmp_path / "old", classes=classes,
+                   void_index=11)
+    export_dataset([AnnotatedImage(img, masks, np.array([0]), name="c")], tmp_path / "old", classes=classes)
+    assert json.loads((tmp_path / "old" / "dataset.json").read_text())["void_index"] == 11  # kept when valid
+    with pytest.raises(ValueError, match=r"void index 11, now a class index"):
+        export_dataset([AnnotatedImage(img, masks, np.array([0]), name="d")], tmp_path / "old",
+                       classes=classes + ["new"])
+    with pytest.raises(ValueError, match=r"void_index: 3 must be in 12\.\.255"):
+        export_dataset([AnnotatedImage(img, masks, np.array([0]), name="d")], tmp_path / "x",
+                       classes=classes + ["new"], void_index=3)
+
+
+def _objects(project, i):
+    ids, classes, _ = project.get_annotation(i)
+    return [(ids == iid, project.classes[c]) for iid, c in classes.items() if (ids == iid).any()]
+
+
+def test_coco_export_reads_back_with_pycocotools(project, tmp_path):
+    from pycocotools.coco import COCO
+
+    out = tmp_path / "coco"
+    summary = export_dataset(project, out, ratios=RATIOS, format="coco")
+    assert summary.format == "coco" and summary.written == 9 and "as COCO" in str(summary)
+    seen = 0
+    for split, n in summary.images_per_split.items():
+        coco = COCO(str(out / "annotations" / f"instances_{split}.json"))
+        assert len(coco.dataset["images"]) == n
+        cats = {c["id"]: c["name"] for c in coco.dataset["categories"]}
+        assert [cats[k + 1] for k in range(len(cats))] == project.classes
+        for im in coco.dataset["images"]:
+            i = project.names.index(im["file_name"][:-4])
+            assert assign_split(project.names[i], RATIOS) == split
+            assert np.array_equal(np.asarray(Image.open(out / "images" / split / im["file_name"])), project.image(i))
+            want = _objects(project, i)
+            anns = coco.loadAnns(coco.getAnnIds(imgIds=im["id"]))
+            assert len(anns) == len(want) > 0
+            for (m, cls), ann in zip(want, anns):
+                got = coco.annToMask(ann).astype(bool)
+                assert np.array_equal(got, m) and cats[ann["category_id"]] == cls  # RLE: IoU 1
+                assert ann["area"] == m.sum() and ann["iscrowd"] == 0
+            seen += 1
+    assert seen == 9
+    ds = read_dataset(out)  # the project's own COCO reader agrees
+    assert ds.format == "coco" and len(ds) == 9 and ds.classes == project.classes
+
+
+def test_yolo_export_reads_back_with_the_yolo_reader(project, tmp_path):
+    import yaml
+
+    out = tmp_path / "yolo"
+    summary = export_dataset(project, out, ratios=RATIOS, format="yolo")
+    assert summary.written == 9
+    data = yaml.safe_load((out / "data.yaml").read_text())
+    assert data["names"] == dict(enumerate(project.classes)) and data["train"] == "images/train"
+    ds = read_dataset(out)
+    assert ds.format == "yolo" and ds.classes == project.classes and len(ds) == 9
+    for item in ds:
+        i = project.names.index(item.name)
+        assert np.array_equal(item.image, project.image(i))
+        want = _objects(project, i)
+        assert len(want) == item.num_objects > 0
+        for (m, cls), got, c in zip(want, item.masks, item.class_ids):
+            iou = (m & got).sum() / (m | got).sum()
+            assert iou >= 0.9 and project.classes[c] == cls, (item.name, iou)
+
+
+def test_yolo_polygons_of_pieces_holes_and_single_pixels(tmp_path):
+    from napari_ultratinysam.data.export_formats import mask_polygon
+
+    h, w = 40, 50
+    masks = np.zeros((4, h, w), bool)
+    masks[0, 5:15, 5:20] = True
+    masks[0, 25:35, 30:45] = True  # one object in two pieces
+    yy, xx = np.mgrid[:h, :w]
+    masks[1] = (yy - 20) ** 2 + (xx - 25) ** 2 < 12 ** 2
+    masks[2, 0, w - 1] = True  # a corner pixel
+    masks[3, 10:30, 0:4] = True
+    item = AnnotatedImage(np.zeros((h, w, 3), np.uint8), masks, np.array([0, 1, -1, 1]), name="shapes")
+    export_dataset([item], tmp_path / "y", ratios=(1, 0, 0), classes=["a", "b"], format="yolo")
+    back = read_dataset(tmp_path / "y")[0]
+    assert back.class_ids.tolist() == [0, 1, 2, 1] and read_dataset(tmp_path / "y").classes == ["a", "b", "object"]
+    for m, got in zip(masks, back.masks):
+        assert (m & got).sum() / (m | got).sum() >= 0.9
+    assert np.array_equal(back.masks[2], masks[2]) and np.array_equal(back.masks[3], masks[3])
+    assert mask_polygon(np.zeros((4, 4), bool)) is None
+
+
+def test_formats_do_not_replace_each_other_without_overwrite(project, tmp_path):
+    from napari_ultratinysam.cli import main
+
+    out = tmp_path / "ds"
+    assert main(["export-dataset", str(project.folder), "-o", str(out), "--format", "coco", "--quiet"]) == 0
+    assert (out / "annotations" / "instances_train.json").is_file()
+    with pytest.raises(ValueError, match="holds a coco export"):
+        export_dataset(project, out, format="yolo")
+    assert main(["export-dataset", str(project.folder), "-o", str(out), "--quiet"]) == 2  # camvid default
+    # a second COCO export replaces the first whole
+    s = export_dataset(project, out, format="coco")
+    assert len(s.replaced) == 9 and not s.added
+    assert main(["export-dataset", str(project.folder), "-o", str(out), "--format", "yolo", "--overwrite",
+                 "--quiet"]) == 0
+    assert read_dataset(out).format == "yolo" and not (out / "annotations").exists()
+    with pytest.raises(ValueError, match="format: expected one of camvid, coco, yolo"):
+        export_dataset(project, tmp_path / "z", format="voc")
