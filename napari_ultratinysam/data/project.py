@@ -459,8 +459,13 @@ class Project:
         self.go_to(i)
 
     def go_to(self, i: int) -> int:
-        """Make image ``i`` current (saved); returns it. If the save fails, the cursor stays where it was."""
-        self._write_state({**self._state, "cursor": self._index(i)})
+        """Make image ``i`` current (saved); returns it. If the save fails, the cursor stays where it was.
+        A read-only project moves its cursor in memory only, so a reader can still browse."""
+        j = self._index(i)
+        if self.read_only and not self._closed:
+            self._state = {**self._state, "cursor": j}
+        else:
+            self._write_state({**self._state, "cursor": j})
         return self.cursor
 
     def next(self) -> int:
