@@ -9,8 +9,11 @@ Everything the annotator widget does to arrays lives here, so it is testable wit
 - ``AnnotationModel``: instance-id map + id -> class dict + an undo/redo stack of commits, deletions and re-classing.
   Each edit stores only the pixels it changed and their previous values; undo/redo restores a pixel only while it
   still holds the value the edit wrote, so brush/eraser edits made in napari in between are left intact;
-- class lists (default: the 11 CamVid classes) and colour maps (class colours, instance colours);
-- ``PredictorSession``: the predictor plus the per-image embedding bookkeeping, used only on the worker thread.
+- class lists (the annotator starts with one neutral class, "object"; CamVid's 11 classes are a preset) and colour
+  maps (class colours, instance colours);
+- ``PredictorSession``: the predictor plus the per-image embedding bookkeeping, used only on the worker thread;
+- ``model_status_text``: what the model picker says, so it never names a backend that is not in use;
+- ``DatasetExportRequest``: the "Export dataset" form, checked, and its call of the dataset export.
 """
 from __future__ import annotations
 
@@ -257,6 +260,18 @@ CAMVID_CLASSES: tuple[ClassSpec, ...] = (
     ClassSpec("Bicyclist", (0, 128, 192)),
 )
 
+# a neutral start: annotating coins or cells should not begin with "Sky" selected
+DEFAULT_CLASSES: tuple[ClassSpec, ...] = (ClassSpec("object", (255, 140, 0)),)
+CLASS_PRESETS: dict[str, tuple[ClassSpec, ...]] = {"object": DEFAULT_CLASSES, "CamVid (11 classes)": CAMVID_CLASSES}
+
+
+def preset_classes(name: str) -> list[ClassSpec]:
+    """The class list of a preset (``CLASS_PRESETS``); ValueError names the known ones."""
+    if name not in CLASS_PRESETS:
+        raise ValueError(f"class preset: expected one of {', '.join(CLASS_PRESETS)}, got {name!r}")
+    return list(CLASS_PRESETS[name])
+
+
 UNCLASSIFIED_RGBA = (0.85, 0.85, 0.85, 1.0)  # objects painted by hand with an id that has no class
 
 
@@ -479,6 +494,25 @@ class AnnotationModel:
                         if v is not None and v > index:
                             d[k] = v - 1
 
+    def set_classes(self, classes: Sequence[ClassSpec]) -> None:
+        """Replace the whole class list (a preset); refused while an object uses an index the new list lacks."""
+        classes = list(classes)
+        if not classes:
+            raise ValueError("classes: keep at least one class")
+        names = [c.name for c in classes]
+        if len(set(names)) != len(names):
+            raise ValueError(f"classes: names must be unique, got {names}")
+        used = max(self.object_class.values(), default=-1)
+        if used >= len(classes):
+            raise ValueError(f"classes: class {self.classes[used].name!r} (index {used}) is still used by an "
+                             f"object; re-class or delete it first")
+        stale = any(v is not None and v >= len(classes)
+                    for e in self._undo + self._redo for v in (*e.classes_before.values(), *e.classes_after.values()))
+        if stale:  # the history would restore class indices that no longer exist
+            self._undo.clear()
+            self._redo.clear()
+        self.classes = classes
+
     def color_dict(self, by_class: bool = True) -> dict:
         if by_class:
             return class_color_dict(self.object_class, self.classes)
@@ -542,6 +576,24 @@ class PredictorSpec:
         return {"default": "default weights", "checkpoint": f"checkpoint {self.path}",
                 "onnx": f"ONNX {self.path}"}.get(self.source, self.source) + f" ({self.backend})"
 
+    @property
+    def loadable(self) -> bool:
+        """Whether the spec names something to load (a checkpoint or ONNX source needs its path first)."""
+        return self.source == "default" or bool(self.path.strip())
+
+
+def model_status_text(in_use: PredictorSpec | None, chosen: PredictorSpec, given: bool = False) -> str:
+    """The model picker's line: what is in use, and whether the choice differs from it (then it must be loaded).
+
+    ``in_use``: the spec of the loaded predictor (None: nothing loaded yet); ``given``: a predictor handed over by
+    the caller, whose spec is unknown."""
+    if in_use is None and not given:
+        return f"{chosen.describe()}: loaded on first use"
+    now = "a predictor given by the caller" if in_use is None else in_use.describe()
+    if in_use == chosen:
+        return f"in use: {now}"
+    return f"in use: {now}; press Load model for {chosen.describe()}"
+
 
 def load_predictor(spec: PredictorSpec, predictor_cls: Any = None):
     """Construct a predictor for ``spec`` through the Predictor factories; one clear error for bad input.
@@ -594,11 +646,14 @@ class PredictorSession:
         self.loader = loader
         self.zoom_refine = False
         self.flip_tta = False
+        self.loaded_spec: PredictorSpec | None = None  # the spec the session loaded (None: given, or none yet)
         self._key: Hashable | None = None
 
     def ensure_predictor(self):
         if self.predictor is None:
-            self.predictor = self.loader(self.spec)
+            spec = self.spec
+            self.predictor = self.loader(spec)
+            self.loaded_spec = spec
             self._key = None
         p = self.predictor
         if getattr(p, "flip_tta", None) is not None and p.flip_tta != self.flip_tta:
@@ -608,7 +663,7 @@ class PredictorSession:
 
     def load(self, spec: PredictorSpec):
         self.predictor = self.loader(spec)
-        self.spec = spec
+        self.spec = self.loaded_spec = spec
         self._key = None
         return self.predictor
 
@@ -657,3 +712,70 @@ class PredictorSession:
             return p.zoom_in(first)
         r = self.predict(key, get_image, prompt, mask_input=mask_input)
         return r if getattr(r, "zoomed", False) else None
+
+
+# ------------------------------------------------------------------------------------------------- dataset export
+
+
+def dataset_export_formats(export_fn: Callable | None = None) -> tuple[str, ...]:
+    """The formats the dataset export offers: CamVid-style always; COCO and YOLO once it takes ``format``."""
+    import inspect
+
+    if export_fn is None:
+        from ..data.export import export_dataset as export_fn
+    if "format" not in inspect.signature(export_fn).parameters:
+        return ("camvid",)
+    import sys
+
+    mod = sys.modules.get(getattr(export_fn, "__module__", ""), None)
+    for name in ("EXPORT_FORMATS", "FORMATS"):
+        known = getattr(mod, name, None)
+        if isinstance(known, (tuple, list)) and "camvid" in known:
+            return tuple(known)
+    return ("camvid", "coco", "yolo")
+
+
+@dataclass(frozen=True)
+class DatasetExportRequest:
+    """The "Export dataset" form, checked: where, how the images split, which format, replace or add."""
+
+    out: str
+    ratios: tuple[float, ...] = (0.8, 0.1, 0.1)
+    format: str = "camvid"
+    overwrite: bool = False
+
+    @classmethod
+    def from_form(cls, out: str, ratios: str, fmt: str = "camvid", overwrite: bool = False,
+                  formats: Sequence[str] = ("camvid",)) -> "DatasetExportRequest":
+        from ..data.export import parse_ratios
+
+        if not out.strip():
+            raise ValueError("output folder: choose where to write the dataset")
+        try:
+            r = parse_ratios(ratios)
+        except ValueError as exc:
+            raise ValueError(f"split ratios (train,val,test): {exc}") from None
+        if fmt not in formats:
+            raise ValueError(f"format: expected one of {', '.join(formats)}, got {fmt!r}")
+        return cls(out.strip(), r, fmt, bool(overwrite))
+
+    def run(self, project_folder, export_fn: Callable | None = None):
+        """Export the project saved in ``project_folder`` (opened afresh and read-only: the annotator's own Project
+        holds the writer's lock and keeps autosaving on another thread); returns the export's summary."""
+        import inspect
+
+        from ..data.project import Project
+
+        if export_fn is None:
+            from ..data.export import export_dataset as export_fn
+        params = inspect.signature(export_fn).parameters
+        kw: dict[str, Any] = {"ratios": self.ratios, "overwrite": self.overwrite}
+        if "format" in params:
+            kw["format"] = self.format
+        elif self.format != "camvid":
+            raise ValueError(f"format: this version exports CamVid-style datasets only, not {self.format!r}")
+        void = params.get("void_index")
+        if void is not None and isinstance(void.default, int) and void.default != 255:
+            kw["void_index"] = 255  # valid for any number of classes (the default 11 breaks after an added class)
+        ro = {"read_only": True} if "read_only" in inspect.signature(Project.open).parameters else {}
+        return export_fn(Project.open(project_folder, **ro), self.out, **kw)

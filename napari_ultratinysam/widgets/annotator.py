@@ -36,7 +36,8 @@ from qtpy.QtWidgets import (
 from ..evaluation.metrics import agreement_iou
 from .annotation_state import (
     BACKENDS,
-    CAMVID_CLASSES,
+    CLASS_PRESETS,
+    DEFAULT_CLASSES,
     AnnotationModel,
     ClassSpec,
     Candidates,
@@ -48,6 +49,8 @@ from .annotation_state import (
     inside,
     load_device_predictor,
     load_predictor,
+    model_status_text,
+    preset_classes,
 )
 from .napari_compat import canvas_draw_event, refresh_labels_region
 from .workers import LatestRequestWorker
@@ -65,6 +68,7 @@ DEVICE_PREVIEW = "preview (IMX500)"
 DEVICE_RGBA = (0.0, 0.9, 1.0, 1.0)
 POINT_FLUSH_MS = 120  # a clicked point reaches the prompts layer after its preview is drawn, or after this at most
 DRAG_PIXELS = 4  # a press that moves further than this (canvas pixels) is a pan, not a click
+SLOW_NOTICE_MS = 1000  # a model build still running after this gets a message (the first int8 build is long)
 
 SHORTCUTS: tuple[tuple[str, str], ...] = (
     ("Left click", "positive point (prompts layer selected)"),
@@ -124,11 +128,16 @@ class AnnotatorWidget(QWidget):
         self.candidates: Candidates | None = None
         self.candidates_plane: tuple = ()
         self.selected_id = 0
-        self._classes = list(CAMVID_CLASSES)
+        self._classes = list(DEFAULT_CLASSES)
         self._image_token = 0
         self._key_base = None  # a stable embedding key for project images (else a per-layer token)
         self.project = None
         self.project_index = -1
+        self._project_annotations = None  # the one annotations layer a project reuses for all its images
+        self.export_dialog = None
+        self.last_dataset_export: str | None = None  # read by a Fine-tune panel opened later
+        self.slow_notice_ms = SLOW_NOTICE_MS
+        self._slow_progress = None  # napari's activity-dock progress of a slow model build
         self.saver = LatestRequestWorker(name="utsam-autosave", parent=self)  # project writes, off the GUI thread
         self._plane: tuple = ()
         self._suspend = 0  # > 0 while we change layers ourselves (ignore their events)
@@ -194,7 +203,8 @@ class AnnotatorWidget(QWidget):
         self.flip_check.toggled.connect(self._on_flip_toggled)
         f.addRow(self.flip_check)
         self.load_btn = QPushButton("Load model")
-        self.load_btn.clicked.connect(self.load_model)
+        self.load_btn.setToolTip("load the weights and backend chosen above (a Backend change alone loads at once)")
+        self.load_btn.clicked.connect(lambda: self.load_model())
         f.addRow(self.load_btn)
         drow = QHBoxLayout()
         self.device_edit = QLineEdit()
@@ -215,12 +225,15 @@ class AnnotatorWidget(QWidget):
         self.device_label = QLabel("")
         self.device_label.setWordWrap(True)
         f.addRow(self.device_label)
-        self.model_label = QLabel("default weights (loaded on first use)" if self.session.predictor is None
-                                  else "predictor given by the caller")
+        self._given_predictor = self.session.predictor is not None
+        self.model_label = QLabel("")
         self.model_label.setWordWrap(True)
         f.addRow(self.model_label)
         self.source_combo.currentIndexChanged.connect(self._on_source_changed)
         self._on_source_changed()
+        self.backend_combo.currentIndexChanged.connect(self._on_backend_changed)
+        self.path_edit.textChanged.connect(lambda _t: self._update_model_label())
+        self._update_model_label()
         lay.addWidget(g)
 
         # ---- image
@@ -282,6 +295,17 @@ class AnnotatorWidget(QWidget):
         for b in (self.add_class_btn, self.remove_class_btn, self.color_class_btn):
             row.addWidget(b)
         v.addLayout(row)
+        row = QHBoxLayout()
+        self.preset_combo = QComboBox()
+        self.preset_combo.addItems(list(CLASS_PRESETS))
+        self.preset_combo.setToolTip("replace the class list by a preset (refused while an object uses a class "
+                                     "the preset lacks)")
+        self.preset_btn = QPushButton("Use preset")
+        self.preset_btn.clicked.connect(lambda: self.apply_class_preset(self.preset_combo.currentText()))
+        row.addWidget(QLabel("Preset"))
+        row.addWidget(self.preset_combo, 1)
+        row.addWidget(self.preset_btn)
+        v.addLayout(row)
         self.by_class_check = QCheckBox("show annotations in class colours (off: instance colours)")
         self.by_class_check.setChecked(True)
         self.by_class_check.toggled.connect(lambda _: self._update_annotation_colors())
@@ -329,6 +353,12 @@ class AnnotatorWidget(QWidget):
         self.prev_btn.setEnabled(False)
         self.next_btn.setEnabled(False)
         v.addLayout(row)
+        self.export_dataset_btn = QPushButton("Export dataset...")
+        self.export_dataset_btn.setToolTip("the project's annotations -> a training dataset (CamVid-style for "
+                                           "Fine-tune; COCO / YOLO where offered), split into train / val / test")
+        self.export_dataset_btn.clicked.connect(lambda: self.open_export_dialog())
+        self.export_dataset_btn.setEnabled(False)
+        v.addWidget(self.export_dataset_btn)
         self.project_label = QLabel("no project: annotations live in the 'annotations' layer only")
         self.project_label.setWordWrap(True)
         v.addWidget(self.project_label)
@@ -360,6 +390,22 @@ class AnnotatorWidget(QWidget):
         self.browse_btn.setEnabled(src != "default")
         if src == "onnx":
             self.backend_combo.setCurrentText("onnxruntime")
+        if hasattr(self, "model_label"):
+            self._update_model_label()
+
+    def _on_backend_changed(self, *_):
+        """A Backend change applies at once (the model is reloaded off the GUI thread) when the chosen weights can
+        be loaded; otherwise the label says what is still in use and that Load model is needed."""
+        if self.model_spec().loadable:
+            self.load_model(force=False)
+        else:
+            self._update_model_label()
+
+    def _update_model_label(self):
+        if self.worker.is_busy("model"):
+            return  # the "loading ..." line stays until the load ends
+        self.model_label.setText(model_status_text(self.session.loaded_spec, self.model_spec(),
+                                                   given=self._given_predictor))
 
     def _browse_model(self):
         if self.source_combo.currentData() == "onnx":
@@ -373,28 +419,69 @@ class AnnotatorWidget(QWidget):
         return PredictorSpec(self.source_combo.currentData(), self.path_edit.text().strip(),
                              self.backend_combo.currentText())
 
-    def load_model(self) -> int:
-        """Load the model chosen in the picker (off the GUI thread); the current image is embedded again."""
+    def load_model(self, force: bool = True) -> int:
+        """Load the model chosen in the picker (off the GUI thread); the current image is embedded again.
+        ``force=False`` (a Backend change) skips the load when that model is the one in use already."""
         spec = self.model_spec()
+        session = self.session
+        if session.predictor is None:
+            session.spec = spec  # nothing in use yet: a first use already under way loads this choice
         self.model_label.setText(f"loading {spec.describe()} ...")
         self.worker.cancel("preview")
-        session = self.session
 
         def run():
+            if not force and session.predictor is not None and session.loaded_spec == spec:
+                return None
             t0 = time.perf_counter()
             session.load(spec)
             return time.perf_counter() - t0
 
         def done(dt):
-            self.model_label.setText(f"{spec.describe()} loaded in {dt * 1e3:.0f} ms")
+            if dt is None:
+                self._update_model_label()
+                return
+            self.model_label.setText(f"in use: {spec.describe()} (loaded in {dt * 1e3:.0f} ms)")
             self._clear_preview()
             self._request_embedding()
 
-        return self.worker.submit("model", run, on_done=done, on_error=self._model_error)
+        seq = self.worker.submit("model", run, on_done=done, on_error=self._model_error)
+        self._watch_slow(seq, spec)
+        return seq
 
     def _model_error(self, exc: BaseException):
-        self.model_label.setText(f"<span style='color:#e55'>model: {exc}</span>")
+        in_use = self.session.loaded_spec
+        still = f"; still in use: {in_use.describe()}" if in_use is not None else ""
+        if in_use is not None and self.backend_combo.currentText() != in_use.backend:
+            self.backend_combo.blockSignals(True)  # the picker shows the backend actually in use
+            self.backend_combo.setCurrentText(in_use.backend)
+            self.backend_combo.blockSignals(False)
+        self.model_label.setText(f"<span style='color:#e55'>model: {exc}</span>{still}")
         self._notify(f"UltraTinySAM model: {exc}")
+
+    def _watch_slow(self, seq: int, spec: PredictorSpec) -> None:
+        """If request ``seq`` (a model build) still runs after ``slow_notice_ms``, say so: the label, a napari
+        notification and a busy bar in napari's activity dock (closed when the request ends)."""
+        def check():
+            if self._closed or not self.worker.is_pending(seq):
+                return
+            text = (f"building {spec.describe()}: a first start makes its ONNX / int8 graphs (cached for the next "
+                    "start); this can take a while ...")
+            self.model_label.setText(text)
+            self._notify(f"UltraTinySAM: {text}", warning=False)
+            if self._slow_progress is None:
+                try:
+                    from napari.utils import progress
+
+                    self._slow_progress = progress(total=0, desc=f"UltraTinySAM: building {spec.describe()}")
+                except Exception:  # noqa: BLE001 - the label and the notification already say it
+                    self._slow_progress = None
+
+        QTimer.singleShot(int(self.slow_notice_ms), check)
+
+    def _end_slow_progress(self):
+        pbar, self._slow_progress = self._slow_progress, None
+        if pbar is not None:
+            pbar.close()
 
     # ================================================================================= IMX500 device preview
     def _browse_device(self):
@@ -546,6 +633,8 @@ class AnnotatorWidget(QWidget):
                     self.model = None
         if layer is self.device_preview:
             self.device_preview, self.device_buffer = None, None
+        if layer is self._project_annotations:
+            self._project_annotations = None
         self._refresh_layer_choices()
 
     def _on_layer_chosen(self):
@@ -589,16 +678,26 @@ class AnnotatorWidget(QWidget):
         self._suspend += 1
         try:
             if self.annotations is None or self.annotations.data.shape != shape:
-                existing = next((l for l in self.viewer.layers if l.name == ANNOTATIONS), None)
-                if existing is not None and getattr(existing.data, "shape", None) == shape \
-                        and isinstance(existing.data, np.ndarray) and existing.data.dtype.kind in "ui":
-                    self.annotations = existing
+                own = self._project_annotations
+                if self._in_project() and own is not None and own in self.viewer.layers and own.ndim == ndim:
+                    # a project's annotations live on disk: its one layer takes each image's size in turn
+                    own.data = np.zeros(shape, np.uint32)
+                    own.scale, own.translate = kw["scale"], kw["translate"]
+                    self.annotations = own
                 else:
-                    self.annotations = self.viewer.add_labels(np.zeros(shape, np.uint32), name=ANNOTATIONS,
-                                                              opacity=0.55, **kw)
-                self.annotations.events.selected_label.connect(self._on_labels_selected)
-                self.annotations.events.paint.connect(self._on_labels_painted)
+                    # a project never adopts another layer: go_to_image overwrites what it holds
+                    found = None if self._in_project() else self._reusable_annotations(shape)
+                    self.annotations = found or self.viewer.add_labels(
+                        np.zeros(shape, np.uint32), name=ANNOTATIONS, opacity=0.55, **kw)
+                for emitter, slot in ((self.annotations.events.selected_label, self._on_labels_selected),
+                                      (self.annotations.events.paint, self._on_labels_painted)):
+                    emitter.disconnect(slot)  # connected once, however often the layer is adopted again
+                    emitter.connect(slot)
                 self.model = AnnotationModel(self.annotations.data, self._classes)
+            if self.preview is not None and self.preview.data.shape != shape and self.preview.ndim == ndim:
+                self.preview.data = np.zeros(shape, np.uint8)  # resized in place: no layer churn between images
+                self.preview.scale, self.preview.translate = kw["scale"], kw["translate"]
+                self.preview_buffer = PreviewBuffer(self.preview.data)
             if self.preview is None or self.preview.data.shape != shape:
                 if self.preview is not None:
                     self.viewer.layers.remove(self.preview)
@@ -633,6 +732,23 @@ class AnnotatorWidget(QWidget):
             self._suspend -= 1
         self._update_annotation_colors()
         self._update_objects_label()
+
+    def _in_project(self) -> bool:
+        """Whether the image being annotated is the open project's current image."""
+        kb = self._key_base
+        return self.project is not None and isinstance(kb, tuple) and kb[:1] == ("project",)
+
+    def _reusable_annotations(self, shape):
+        """An annotations layer already in the viewer for an image of ``shape`` (one per size outside projects:
+        their annotations exist nowhere else), never the project's own layer."""
+        from napari.layers import Labels
+
+        for l in self.viewer.layers:
+            if isinstance(l, Labels) and l is not self._project_annotations \
+                    and (l.name == ANNOTATIONS or l.name.startswith(ANNOTATIONS + " [")) \
+                    and isinstance(l.data, np.ndarray) and l.data.shape == shape and l.data.dtype.kind in "ui":
+                return l
+        return None
 
     # ============================================================================================== planes
     def _current_plane(self) -> tuple:
@@ -679,6 +795,7 @@ class AnnotatorWidget(QWidget):
         key, get, session = self._embedding_key(), self._image_getter(), self.session
         name = self.image_layer.name + (f" [slice {self._plane[0]}]" if self._plane else "")
         self.status_label.setText(f"computing the embedding of {name} ...")
+        first_use = session.predictor is None
 
         def run():
             t0 = time.perf_counter()
@@ -692,12 +809,16 @@ class AnnotatorWidget(QWidget):
             computed, dt, load_s = res
             self._timing["embed"] = dt
             if load_s is not None:
-                self.model_label.setText(f"{session.spec.describe()} loaded in {load_s * 1e3:.0f} ms")
+                spec = session.loaded_spec or session.spec
+                self.model_label.setText(f"in use: {spec.describe()} (loaded in {load_s * 1e3:.0f} ms)")
             what = f"embedding {dt * 1e3:.0f} ms" if computed else "cached"
             self.status_label.setText(f"{name}: ready ({what}) - click to segment")
             self.embedding_ready.emit(key)
 
-        return self.worker.submit("embed", run, on_done=done, on_error=self._embed_error)
+        seq = self.worker.submit("embed", run, on_done=done, on_error=self._embed_error)
+        if first_use:  # the model itself is built inside this request
+            self._watch_slow(seq, session.spec)
+        return seq
 
     def _embed_error(self, exc):
         self.status_label.setText(f"<span style='color:#e55'>embedding failed: {exc}</span>")
@@ -1212,6 +1333,32 @@ class AnnotatorWidget(QWidget):
         self._update_annotation_colors()
         self._sync_project_classes()
 
+    def apply_class_preset(self, name: str) -> bool:
+        """Replace the class list by a preset (``CLASS_PRESETS``: the neutral "object", CamVid's 11 classes);
+        refused, with one line, while an object of this image or of the project uses a class the preset lacks."""
+        try:
+            classes = preset_classes(name)
+        except ValueError as exc:
+            self.status_label.setText(str(exc))
+            return False
+        target = self._classes_target()
+        old = list(target.classes)
+        try:
+            target.set_classes(classes)
+            if self.project is not None:
+                self.project.set_classes([c.name for c in classes], [c.color for c in classes])
+        except ValueError as exc:
+            target.classes = old
+            self.status_label.setText(str(exc))
+            return False
+        self._classes = list(target.classes)
+        self._rebuild_class_list()
+        self.class_list.setCurrentRow(0)
+        self._update_annotation_colors()
+        self._update_objects_label()
+        self.status_label.setText(f"classes: {name}")
+        return True
+
     def _on_class_item_changed(self, item: QListWidgetItem):
         self.rename_class(self.class_list.row(item), item.text())
 
@@ -1263,9 +1410,13 @@ class AnnotatorWidget(QWidget):
         self.flush_autosave()
         self.project = project
         self._classes = [ClassSpec(n, tuple(int(v) for v in c)) for n, c in zip(project.classes, project.colors)]
+        if not self._classes:  # a project without classes starts with the neutral one
+            self._classes = list(DEFAULT_CLASSES)
+            self._sync_project_classes()
         if self.model is not None:
             self.model.classes = list(self._classes)
         self._rebuild_class_list()
+        self.export_dataset_btn.setEnabled(True)
         self.go_to_image(project.cursor)
 
     def go_to_image(self, i: int) -> None:
@@ -1290,6 +1441,7 @@ class AnnotatorWidget(QWidget):
             layer.data = img
             layer.reset_contrast_limits()
         self.set_image_layer(layer, key_base=("project", str(p.folder), i))
+        self._project_annotations = self.annotations
         self.annotations.data[...] = id_map
         self.model = AnnotationModel(self.annotations.data, self._classes,
                                      {int(k): int(v) for k, v in classes.items() if int(v) >= 0})
@@ -1316,6 +1468,8 @@ class AnnotatorWidget(QWidget):
         p, i = self.project, self.project_index
         if p is None or self.model is None or i < 0 or self.annotations is None:
             return
+        if self.annotations is not self._project_annotations or not self._in_project():
+            return  # another image layer is being annotated: not the project's image i
         snapshot = np.array(self.annotations.data, copy=True)
         object_class = dict(self.model.object_class)
 
@@ -1335,6 +1489,44 @@ class AnnotatorWidget(QWidget):
         while self.saver.is_busy() and time.perf_counter() < t_end:
             QApplication.processEvents()
             time.sleep(0.002)
+
+    # ====================================================================================== dataset export
+    def default_export_folder(self) -> str:
+        p = self.project
+        return "" if p is None else str(p.folder.parent / f"{p.folder.name}_dataset")
+
+    def open_export_dialog(self, export_fn=None):
+        """Project > Export dataset: the dialog (non-modal) for the open project; None without a project."""
+        if self.project is None:
+            self.project_label.setText("open or create a project first: the export reads its saved annotations")
+            return None
+        from .export_panel import DatasetExportDialog
+
+        folder = self.project.folder
+        d = self.export_dialog
+        if d is None or d.project_folder != folder or (export_fn is not None and d._export_fn is not export_fn):
+            if d is not None:
+                d.close()
+            d = DatasetExportDialog(folder, parent=self, default_out=self.default_export_folder(),
+                                    export_fn=export_fn, before_export=self.flush_autosave)
+            d.exported.connect(self._on_dataset_exported)
+            self.export_dialog = d
+        d.show()
+        d.raise_()
+        return d
+
+    def _on_dataset_exported(self, out: str, summary) -> None:
+        from pathlib import Path
+
+        from .finetune_panel import set_finetune_dataset
+
+        trainable = (Path(out) / "dataset.json").is_file() or (Path(out) / "train.txt").is_file()
+        if trainable:  # what Fine-tune reads (COCO / YOLO exports are for other tools)
+            self.last_dataset_export = out
+        filled = trainable and set_finetune_dataset(self.viewer, out)
+        note = " (the Fine-tune panel's dataset is set to it)" if filled else ""
+        self.project_label.setText(f"dataset exported to {out}{note}")
+        self._notify(f"UltraTinySAM: dataset exported to {out}{note}", warning=False)
 
     def _sync_project_classes(self):
         if self.project is None:
@@ -1365,13 +1557,16 @@ class AnnotatorWidget(QWidget):
             self._clear_preview()
 
     def _on_busy(self, group: str, busy: bool):
-        self.busy_bar.setVisible(self.worker.is_busy("embed") or self.worker.is_busy("model"))
+        loading = self.worker.is_busy("embed") or self.worker.is_busy("model")
+        self.busy_bar.setVisible(loading)
+        if not loading:
+            self._end_slow_progress()
 
-    def _notify(self, msg: str):
+    def _notify(self, msg: str, warning: bool = True):
         try:
-            from napari.utils.notifications import show_warning
+            from napari.utils.notifications import show_info, show_warning
 
-            show_warning(msg)
+            (show_warning if warning else show_info)(msg)
         except Exception:  # noqa: BLE001 - a notification must never break the widget
             log.warning(msg)
 
@@ -1388,6 +1583,9 @@ class AnnotatorWidget(QWidget):
             self._flush_on_draw = None
         self.worker.close()
         self.saver.close()
+        self._end_slow_progress()
+        if self.export_dialog is not None:
+            self.export_dialog.close()
         for k in self._bound_keys:
             try:
                 self.viewer.bind_key(k, None)

@@ -1,7 +1,10 @@
 """The "Export to IMX500" dock widget: collects the user's choices and calls compression.imx500.export_imx500
-(the same function `utsam export-imx500` calls) on a background thread, with progress and cancel.
+(the same function `utsam export-imx500` calls) on a background thread, with progress and cancel. And the
+annotator's "Export dataset" dialog: a project's annotations -> a dataset folder (the same function
+`utsam export-dataset` calls), on a napari worker thread with napari's progress.
 
-The parsing of the form (``ExportRequest.from_form``) is plain Python, testable without Qt.
+The parsing of the forms (``ExportRequest.from_form``, ``annotation_state.DatasetExportRequest``) is plain Python,
+testable without Qt.
 """
 from __future__ import annotations
 
@@ -10,10 +13,12 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from qtpy.QtCore import QObject, Qt, Signal
-from qtpy.QtWidgets import (QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QLineEdit, QProgressBar,
-                            QPushButton, QSpinBox, QVBoxLayout, QWidget)
+from qtpy.QtCore import QObject, Qt, QUrl, Signal
+from qtpy.QtGui import QDesktopServices
+from qtpy.QtWidgets import (QCheckBox, QComboBox, QDialog, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QLineEdit,
+                            QProgressBar, QPushButton, QSpinBox, QVBoxLayout, QWidget)
 
+from .annotation_state import DatasetExportRequest, dataset_export_formats
 from .qt_parts import with_browse_button
 
 PROMPT_MODES = ("center-point", "points", "box")
@@ -280,3 +285,131 @@ class ExportPanel(QWidget):
     def _on_failed(self, message: str):
         self._done()
         self.status_label.setText(f"error: {message}" if message != "cancelled" else "cancelled")
+
+
+DATASET_FORMAT_NAMES = {"camvid": "CamVid-style (class + instance PNGs; Fine-tune reads it)",
+                        "coco": "COCO instances (JSON, RLE masks)",
+                        "yolo": "YOLO segmentation (polygon .txt)"}
+
+
+class DatasetExportDialog(QDialog):
+    """Annotator > Project > Export dataset: output folder, split ratios, format -> the export runs on a napari
+    worker thread (napari's activity dock shows it); the folder is shown at the end and ``exported`` carries it."""
+
+    exported = Signal(str, object)  # output folder, the export's summary
+    failed = Signal(str)
+
+    def __init__(self, project_folder, parent=None, default_out: str = "", export_fn=None, before_export=None):
+        super().__init__(parent)
+        self.setWindowTitle("Export dataset")
+        self.project_folder = Path(project_folder)
+        self._export_fn = export_fn  # tests may inject one; default: data.export.export_dataset
+        self._before_export = before_export  # e.g. wait for the annotator's pending autosave
+        self._worker = None
+        self.summary = None
+        self.formats = dataset_export_formats(export_fn)
+
+        form = QFormLayout()
+        self.out_edit = QLineEdit(default_out)
+        self.out_edit.setPlaceholderText("an empty folder, or an earlier export to add to")
+        form.addRow("Output folder", with_browse_button(self.out_edit, self._browse_out))
+        self.ratios_edit = QLineEdit("0.8,0.1,0.1")
+        self.ratios_edit.setToolTip("train,val,test shares; an image's split follows from its name, so adding "
+                                    "images later never moves the earlier ones")
+        form.addRow("Split ratios", self.ratios_edit)
+        self.format_combo = QComboBox()
+        for fmt in self.formats:
+            self.format_combo.addItem(DATASET_FORMAT_NAMES.get(fmt, fmt), fmt)
+        form.addRow("Format", self.format_combo)
+        self.overwrite_check = QCheckBox("replace a dataset already there (else add to it)")
+        form.addRow(self.overwrite_check)
+
+        self.export_btn = QPushButton("Export")
+        self.export_btn.setDefault(True)
+        self.export_btn.clicked.connect(self.start)
+        self.open_btn = QPushButton("Open folder")
+        self.open_btn.setEnabled(False)
+        self.open_btn.clicked.connect(self._open_folder)
+        close_btn = QPushButton("Close")
+        close_btn.clicked.connect(self.close)
+        buttons = QHBoxLayout()
+        for b in (self.export_btn, self.open_btn, close_btn):
+            buttons.addWidget(b)
+        self.progress_bar = QProgressBar()
+        self.progress_bar.setRange(0, 1)
+        self.progress_bar.setValue(0)
+        self.status_label = QLabel("")
+        self.status_label.setWordWrap(True)
+        self.status_label.setTextInteractionFlags(Qt.TextSelectableByMouse)
+
+        lay = QVBoxLayout(self)
+        lay.addWidget(QLabel(f"project: {self.project_folder}"))
+        lay.addLayout(form)
+        lay.addLayout(buttons)
+        lay.addWidget(self.progress_bar)
+        lay.addWidget(self.status_label)
+        self.resize(520, self.sizeHint().height())
+
+    def _browse_out(self):
+        path = QFileDialog.getExistingDirectory(self, "Output folder for the dataset")
+        if path:
+            self.out_edit.setText(path)
+
+    def _open_folder(self):
+        if self.summary is not None:
+            QDesktopServices.openUrl(QUrl.fromLocalFile(self.out_edit.text().strip()))
+
+    def request(self) -> DatasetExportRequest:
+        return DatasetExportRequest.from_form(self.out_edit.text(), self.ratios_edit.text(),
+                                              self.format_combo.currentData(), self.overwrite_check.isChecked(),
+                                              self.formats)
+
+    def is_running(self) -> bool:
+        return self._worker is not None
+
+    def start(self) -> bool:
+        """Check the form and start the export off the GUI thread; False (and one line) if the form is bad."""
+        if self._worker is not None:
+            return False
+        try:
+            req = self.request()
+        except ValueError as exc:
+            self.status_label.setText(f"<span style='color:#e55'>{exc}</span>")
+            return False
+        if self._before_export is not None:
+            self._before_export()
+        from napari.qt.threading import create_worker
+
+        self.summary = None
+        self.export_btn.setEnabled(False)
+        self.open_btn.setEnabled(False)
+        self.progress_bar.setRange(0, 0)  # busy: the export reports no per-image progress
+        self.status_label.setText(f"exporting to {req.out} ...")
+        worker = create_worker(req.run, self.project_folder, self._export_fn,
+                               _progress={"total": 0, "desc": "Exporting dataset"},
+                               _ignore_errors=True)  # shown in the dialog as one line, not re-raised
+        worker.returned.connect(lambda summary: self._on_done(req, summary))
+        worker.errored.connect(self._on_error)
+        worker.finished.connect(self._on_finished)
+        self._worker = worker
+        worker.start()
+        return True
+
+    def _on_done(self, req: DatasetExportRequest, summary):
+        self.summary = summary
+        self.progress_bar.setRange(0, 1)
+        self.progress_bar.setValue(1)
+        self.open_btn.setEnabled(True)
+        self.status_label.setText(f"{summary}\n\nDataset folder: {req.out}")
+        self.exported.emit(req.out, summary)
+
+    def _on_error(self, exc: BaseException):
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        self.progress_bar.setRange(0, 1)
+        self.progress_bar.setValue(0)
+        self.status_label.setText(f"<span style='color:#e55'>export failed: {msg}</span>")
+        self.failed.emit(msg)
+
+    def _on_finished(self):
+        self._worker = None
+        self.export_btn.setEnabled(True)

@@ -23,7 +23,7 @@ def finetune_config(dataset: str | Path, checkpoint: str | Path | None, steps: i
     dataset = Path(dataset)
     if not (dataset / "dataset.json").is_file() and not (dataset / "train.txt").is_file():
         raise ValueError(f"dataset {dataset}: not a CamVid-style export (no dataset.json or train.txt); "
-                         "export one with the Export panel or utsam export-dataset")
+                         "export one with Annotator > Project > Export dataset or utsam export-dataset")
     if checkpoint is not None and not Path(checkpoint).is_file():
         raise FileNotFoundError(f"checkpoint {checkpoint} does not exist")
     cfg = load_train_config("finetune")
@@ -38,6 +38,18 @@ def finetune_config(dataset: str | Path, checkpoint: str | Path | None, steps: i
         batch_size=int(batch_size), threads=int(threads), val_every=max(10, int(steps) // 5),
         ckpt_every=max(10, int(steps) // 5), log_every=1, resume=False,
     )
+
+
+def progress_step(msg: dict, total: int) -> int | None:
+    """Where the progress bar stands after a training message: its step (messages without one leave the bar);
+    the final "done" fills it, unless the run was cancelled, which leaves it at the steps reached."""
+    if msg.get("event") == "done":
+        steps = msg.get("steps")
+        if msg.get("stopped_by") == "stopped" and isinstance(steps, int):
+            return max(0, min(steps, total))
+        return total
+    step = msg.get("step")
+    return max(0, min(int(step), total)) if isinstance(step, (int, float)) else None
 
 
 def _worker(cfg: TrainConfig, q, stop_event) -> None:  # runs in the child process
@@ -106,6 +118,30 @@ class FinetuneJob:
         return None
 
 
+def set_finetune_dataset(viewer: Any, dataset: str | Path) -> bool:
+    """Fill the dataset field of every docked Fine-tune panel of ``viewer``; True if one was found."""
+    found = False
+    for w in dict(getattr(getattr(viewer, "window", None), "dock_widgets", {}) or {}).values():
+        w = getattr(w, "native", w)
+        if isinstance(w, FinetunePanel):
+            w.dataset_edit.setText(str(dataset))
+            found = True
+    return found
+
+
+def _last_export_of_annotator(viewer: Any) -> str:
+    """The dataset a docked annotator exported last in this session ("" if none): a panel opened after the
+    export starts from it."""
+    try:
+        for w in dict(getattr(viewer.window, "dock_widgets", {}) or {}).values():
+            path = getattr(getattr(w, "native", w), "last_dataset_export", None)
+            if path:
+                return str(path)
+    except Exception:  # noqa: BLE001 - a convenience only
+        return ""
+    return ""
+
+
 def switch_annotator_to(viewer: Any, checkpoint: str | Path) -> bool:
     """Load ``checkpoint`` in every docked UltraTinySAM annotator of ``viewer``; True if one was found."""
     from .annotator import AnnotatorWidget
@@ -144,8 +180,9 @@ class FinetunePanel(QWidget):
         self.job: FinetuneJob | None = None
         lay = QVBoxLayout(self)
         form = QFormLayout()
-        self.dataset_edit = QLineEdit()
-        self.dataset_edit.setPlaceholderText("folder of a CamVid-style export (dataset.json, train/, trainannot/...)")
+        self.dataset_edit = QLineEdit(_last_export_of_annotator(napari_viewer) if napari_viewer is not None else "")
+        self.dataset_edit.setPlaceholderText("folder of a CamVid-style export (Annotator > Project > Export "
+                                             "dataset, or utsam export-dataset)")
         form.addRow("dataset", self._with_browse(self.dataset_edit, folder=True))
         self.ckpt_edit = QLineEdit()
         self.ckpt_edit.setPlaceholderText("empty: the shipped default weights")
@@ -221,14 +258,22 @@ class FinetunePanel(QWidget):
         if job is None:
             return
         msgs = job.poll()
-        if any(m[0] == "progress" for m in msgs):
-            last = job.history[-1]
-            step = int(last.get("step", 0))
-            self.progress.setValue(min(step, self.progress.maximum()))
-            bits = [f"step {step}"] + [f"{k} {last[k]:.4g}" for k in ("loss", "val_loss", "val_miou1")
-                                       if isinstance(last.get(k), (int, float))]
+        total = self.progress.maximum()
+        progress = [m[1] for m in msgs if m[0] == "progress"]
+        for d in progress:
+            value = progress_step(d, total)
+            if value is not None:
+                self.progress.setValue(value)
+        shown = [d for d in progress if "step" in d]  # the final "done" record has totals, not a step
+        if shown:
+            last = shown[-1]
+            bits = [f"step {int(last['step'])}"] + [f"{k} {last[k]:.4g}" for k in ("loss", "val_loss", "val_miou1")
+                                                    if isinstance(last.get(k), (int, float))]
             self.status.setText(", ".join(bits))
+        if progress:
             self._plot()
+        if job.finished and job.summary is not None:
+            self.progress.setValue(progress_step({"event": "done", **job.summary}, total))
         if job.finished:
             self.timer.stop()
             self.start_btn.setEnabled(True)

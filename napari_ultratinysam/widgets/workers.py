@@ -130,6 +130,10 @@ class LatestRequestWorker(QObject):
     def is_busy(self, group: str | None = None) -> bool:
         return any(r.group == group or group is None for r in self._requests.values())
 
+    def is_pending(self, seq: int) -> bool:
+        """Whether request ``seq`` is still queued or running (neither delivered nor dropped)."""
+        return seq in self._requests
+
     def is_current(self, seq: int, group: str, strict: bool = True) -> bool:
         with self._cond:
             return not self._stale_locked(seq, group, strict)

@@ -97,6 +97,7 @@ def test_screenshot_multi_object(make_napari_viewer, qtbot, OraclePredictor):
     w = AnnotatorWidget(viewer, predictor=_predictor(inst, OraclePredictor))
     viewer.window.add_dock_widget(w, name="UltraTinySAM annotator", area="right")
     try:
+        assert w.apply_class_preset("CamVid (11 classes)")
         with qtbot.waitSignal(w.embedding_ready, timeout=60000):
             viewer.add_image(img, name="shapes", rgb=True)
         w.hover_check.setChecked(False)
