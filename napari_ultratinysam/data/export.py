@@ -38,7 +38,7 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 from PIL import Image
 
-from ..io_utils import atomic_write_json
+from ..io_utils import atomic_write_json, fsync_dir, umask
 
 try:
     import fcntl
@@ -127,18 +127,6 @@ def exchange_paths(a: str | Path, b: str | Path) -> bool:
     raise OSError(err, os.strerror(err), str(a), None, str(b))
 
 
-def _fsync_dir(path: Path) -> None:
-    """Make renames and new entries in ``path`` durable."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    except OSError as e:  # some filesystems cannot fsync a directory: nothing more to do there
-        if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
-            raise
-    finally:
-        os.close(fd)
-
-
 def _fsync_tree(root: Path) -> None:
     """fsync every file and folder under ``root`` (files written by PIL or the shard writer are not yet)."""
     for dirpath, _dirs, files in os.walk(root):
@@ -151,7 +139,7 @@ def _fsync_tree(root: Path) -> None:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        _fsync_dir(Path(dirpath))
+        fsync_dir(Path(dirpath))
 
 
 def _lock(path: Path, blocking: bool = True) -> int | None:
@@ -197,7 +185,7 @@ def recover_staged(final: str | Path) -> list[str]:
         try:
             if not os.path.lexists(final):
                 os.rename(q, final)  # the kill came between the two renames: the old export comes back
-                _fsync_dir(parent)
+                fsync_dir(parent)
                 done.append(f"restored {final} from {q.name}")
             else:
                 shutil.rmtree(q, ignore_errors=True)
@@ -261,11 +249,11 @@ def _swap_into_place(stage: Path, final: Path) -> None:
             except BaseException:
                 os.rename(old, final)
                 raise
-            _fsync_dir(parent)
+            fsync_dir(parent)
             shutil.rmtree(old, ignore_errors=True)
         finally:
             _unlock(fd)
-    _fsync_dir(parent)
+    fsync_dir(parent)
 
 
 def _skip_temp(_dir: str, names: list[str]) -> set[str]:
@@ -290,7 +278,7 @@ def staged_dir(final: str | Path, keep_existing: bool = True) -> Iterator[Path]:
         if keep_existing and final.is_dir():
             shutil.copytree(final, stage, symlinks=True, copy_function=_link_or_copy, ignore=_skip_temp,
                             dirs_exist_ok=True)
-            os.chmod(stage, 0o777 & ~_umask())  # copytree copied the old folder's mode (0700 before this fix)
+            os.chmod(stage, 0o777 & ~umask())  # copytree copied the old folder's mode (0700 before this fix)
         yield stage
         _fsync_tree(stage)
         _swap_into_place(stage, final)
@@ -299,12 +287,6 @@ def staged_dir(final: str | Path, keep_existing: bool = True) -> Iterator[Path]:
         raise
     finally:
         _unlock(fd)
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 def write_png(path: Path, array: np.ndarray, compress_level: int = 6) -> None:
@@ -582,7 +564,7 @@ def export_dataset(source, out_dir: str | Path, ratios: Sequence[float] | str = 
         _write_lists(stage, images, splits)
         _write_class_dict(stage, src.classes, src.colors, void_index)
         stats = _split_stats(images, splits, src.classes)
-        atomic_write_json(stage / DATASET_JSON, {
+        atomic_write_json(stage / DATASET_JSON, durable=False, obj={
             "format": FORMAT_TAG, "version": 1, "tool": "napari-ultratinysam", "tool_version": __version__,
             "source": src.description, "updated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "classes": src.classes, "colors": [list(c) for c in src.colors], "void_index": void_index,

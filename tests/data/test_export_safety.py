@@ -5,6 +5,7 @@ import hashlib
 import json
 import os
 import random
+import shutil
 import signal
 import stat
 import time
@@ -226,10 +227,6 @@ def test_live_stage_is_not_removed_and_orphan_temps_are_dropped(tmp_path):
 # ---------------------------------------------------------------- fault injection
 
 
-class _KillAt(Exception):
-    pass
-
-
 def _instrument(kill_at: int | None, counter: list[int]) -> None:
     """Count the export's file-system steps (in a forked child) and SIGKILL the process at step ``kill_at``."""
     def step():
@@ -245,29 +242,23 @@ def _instrument(kill_at: int | None, counter: list[int]) -> None:
             return out
         return inner
 
-    for name in ("_write_image", "write_png", "_fsync_dir", "exchange_paths", "atomic_write_json", "_write_lists",
+    for name in ("_write_image", "write_png", "fsync_dir", "exchange_paths", "atomic_write_json", "_write_lists",
                  "_write_class_dict", "_remove_entry", "_new_dir", "_lock"):
         setattr(export_mod, name, wrap(getattr(export_mod, name)))
 
-    class _Os:
+    class _Proxy:
+        """A module whose chosen functions count as steps."""
+
+        def __init__(self, module, names):
+            self._module = module
+            for n in names:
+                setattr(self, n, wrap(getattr(module, n)))
+
         def __getattr__(self, name):
-            return getattr(os, name)
+            return getattr(self._module, name)
 
-        rename = staticmethod(wrap(os.rename))
-        replace = staticmethod(wrap(os.replace))
-        chmod = staticmethod(wrap(os.chmod))
-
-    class _Shutil:
-        def __getattr__(self, name):
-            import shutil
-            return getattr(shutil, name)
-
-    sh = _Shutil()
-    import shutil as _sh
-    sh.rmtree = wrap(_sh.rmtree)
-    sh.copytree = wrap(_sh.copytree)
-    export_mod.os = _Os()
-    export_mod.shutil = sh
+    export_mod.os = _Proxy(os, ("rename", "replace", "chmod", "mkdir", "unlink"))
+    export_mod.shutil = _Proxy(shutil, ("rmtree", "copytree"))
 
 
 def _child_export(out, items, kill_at, two_step) -> int:
