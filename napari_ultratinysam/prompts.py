@@ -172,9 +172,11 @@ def noisy_box(mask: np.ndarray, rng: np.random.Generator, noise: float = 0.1, ma
 
 
 def correction_click(gt: np.ndarray, pred: np.ndarray, rng: np.random.Generator, prob_from_gt: float = 0.1,
-                     ignore: np.ndarray | None = None) -> tuple[np.ndarray, int]:
+                     ignore: np.ndarray | None = None, p_error_interior: float = 0.0) -> tuple[np.ndarray, int]:
     """Training correction click (SAM2 ``sample_random_points_from_errors``): one pixel drawn uniformly from
     the union of errors, labelled 1 in a false negative and 0 in a false positive. With probability
+    ``p_error_interior`` the click is placed as the evaluation clicker places it instead (``click_from_error``:
+    the interior of the largest error region), so that training sees the clicks a user makes. With probability
     ``prob_from_gt`` the prediction is ignored and a positive click is drawn uniformly from ``gt``. When there
     is no error, a negative click is drawn from the background outside ``ignore`` (a positive one from ``gt``
     if there is no such background).
@@ -189,5 +191,7 @@ def correction_click(gt: np.ndarray, pred: np.ndarray, rng: np.random.Generator,
         if bg.any():
             return random_point(bg, rng), 0
         return random_point(g if g.any() else np.ones_like(g), rng), int(g.any())
+    if p_error_interior > 0 and rng.random() < p_error_interior:
+        return click_from_error(g, p, ignore)
     pt = random_point(err, rng)
     return pt, int(fn[int(pt[1]), int(pt[0])])

@@ -168,3 +168,18 @@ def test_correction_click_labels_and_gt_sampling():
     ignore[39, 39] = False                   # the only background pixel outside the ignore region
     pt, lab = prompts.correction_click(gt, gt, np.random.default_rng(0), prob_from_gt=0.0, ignore=ignore)
     assert lab == 0 and tuple(pt) == (39, 39)
+
+
+def test_correction_click_error_interior_places_clicks_as_the_evaluation_clicker():
+    hw = (60, 60)
+    gt = _sq(hw, 0, 0, 40)
+    pred = _sq(hw, 0, 10, 40)                # FN cols 0..9 (400 px), FP cols 40..49 (400 px) + more FP below
+    pred[40:60, 0:30] = True                 # the largest error region: a 20 x 30 false positive
+    want = prompts.click_from_error(gt, pred)
+    for s in range(20):
+        pt, lab = prompts.correction_click(gt, pred, np.random.default_rng(s), prob_from_gt=0.0,
+                                           p_error_interior=1.0)
+        assert lab == want[1] == 0 and np.array_equal(pt, want[0])
+    random_pts = {tuple(prompts.correction_click(gt, pred, np.random.default_rng(s), prob_from_gt=0.0)[0])
+                  for s in range(20)}
+    assert len(random_pts) > 10              # the default stays SAM2's uniform draw over the errors

@@ -43,6 +43,8 @@ class PromptConfig:
     max_extra_clicks: int = 2
     correction_rounds: int = 2             # error-driven clicks, previous low-res logits fed back as mask input
     prob_from_gt: float = 0.1              # correction click drawn from the GT instead of the errors
+    p_error_interior: float = 0.0          # correction click at the interior of the largest error region (as the
+                                           # evaluation clicker and a user place it) instead of uniform in the errors
     feedback: str = "predicted"            # the candidate corrected after click 1: highest predicted IoU, or "best"
 
 

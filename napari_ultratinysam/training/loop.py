@@ -115,7 +115,8 @@ class SimulatedStep(nn.Module):
             pred = ((out["up_best" if best else "up"] > 0) & val).cpu().numpy()
             new_pts, new_lab = [], []
             for i in range(n):
-                pt, l = prompts.correction_click(gt_np[i], pred[i], rng, pc.prob_from_gt, ignore=~val_np[i])
+                pt, l = prompts.correction_click(gt_np[i], pred[i], rng, pc.prob_from_gt, ignore=~val_np[i],
+                                                 p_error_interior=pc.p_error_interior)
                 new_pts.append(pt)
                 new_lab.append(l)
             coords = torch.cat([coords, _points_tensor(new_pts, dev)[:, None]], 1)
