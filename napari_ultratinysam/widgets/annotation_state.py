@@ -587,12 +587,12 @@ def model_status_text(in_use: PredictorSpec | None, chosen: PredictorSpec, given
 
     ``in_use``: the spec of the loaded predictor (None: nothing loaded yet); ``given``: a predictor handed over by
     the caller, whose spec is unknown."""
-    if in_use is None and not given:
-        return f"{chosen.describe()}: loaded on first use"
-    now = "a predictor given by the caller" if in_use is None else in_use.describe()
+    if in_use is None:
+        # a given predictor's backend is unknown: the picker's choice applies once loaded
+        return "in use: a predictor given by the caller" if given else f"{chosen.describe()}: loaded on first use"
     if in_use == chosen:
-        return f"in use: {now}"
-    return f"in use: {now}; press Load model for {chosen.describe()}"
+        return f"in use: {in_use.describe()}"
+    return f"in use: {in_use.describe()}; press Load model for {chosen.describe()}"
 
 
 def load_predictor(spec: PredictorSpec, predictor_cls: Any = None):

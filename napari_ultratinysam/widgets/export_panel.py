@@ -401,6 +401,7 @@ class DatasetExportDialog(QDialog):
         self.progress_bar.setValue(1)
         self.open_btn.setEnabled(True)
         self.status_label.setText(f"{summary}\n\nDataset folder: {req.out}")
+        self.adjustSize()  # room for the summary's lines
         self.exported.emit(req.out, summary)
 
     def _on_error(self, exc: BaseException):
@@ -408,6 +409,7 @@ class DatasetExportDialog(QDialog):
         self.progress_bar.setRange(0, 1)
         self.progress_bar.setValue(0)
         self.status_label.setText(f"<span style='color:#e55'>export failed: {msg}</span>")
+        self.adjustSize()
         self.failed.emit(msg)
 
     def _on_finished(self):

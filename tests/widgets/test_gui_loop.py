@@ -268,6 +268,7 @@ def test_model_status_text():
     assert model_status_text(a, a) == "in use: default weights (onnxruntime)"
     assert "press Load model for default weights (torch)" in model_status_text(a, b)
     assert model_status_text(None, b) == "default weights (torch): loaded on first use"
+    assert model_status_text(None, b, given=True) == "in use: a predictor given by the caller"
     assert PredictorSpec("checkpoint", " ", "torch").loadable is False and b.loadable
 
 

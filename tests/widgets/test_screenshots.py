@@ -122,3 +122,55 @@ def test_screenshot_multi_object(make_napari_viewer, qtbot, OraclePredictor):
         _save(shot, "annotator_multi_object.png")
     finally:
         w.cleanup()
+
+
+def _qimage_to_array(qimg) -> np.ndarray:
+    from qtpy.QtGui import QImage
+
+    qimg = qimg.convertToFormat(QImage.Format_RGBA8888)
+    ptr = qimg.constBits()
+    ptr.setsize(qimg.sizeInBytes())
+    return np.frombuffer(ptr, np.uint8).reshape(qimg.height(), qimg.bytesPerLine() // 4, 4)[:, :qimg.width()].copy()
+
+
+def test_screenshot_export_dialog(make_napari_viewer, qtbot, tmp_path, OraclePredictor):
+    """The annotator on a project with its Export dataset dialog open after an export (the dialog is its own
+    window: it is drawn onto the window's picture where it opens). UTSAM_SCREENSHOTS=1 writes
+    docs/images/annotator_export_dialog.png."""
+    from PIL import Image
+
+    from napari_ultratinysam.widgets.annotator import AnnotatorWidget
+
+    viewer = _viewer(make_napari_viewer)
+    (img, _, _), (inst, _, _) = load_sample("coins")
+    imgs = tmp_path / "images"
+    imgs.mkdir()
+    Image.fromarray(np.asarray(img)).save(imgs / "coins.png")
+    w = AnnotatorWidget(viewer, predictor=OraclePredictor(inst))
+    viewer.window.add_dock_widget(w, name="UltraTinySAM annotator", area="right")
+    try:
+        with qtbot.waitSignal(w.embedding_ready, timeout=60000):
+            assert w.new_project(tmp_path / "coins_project", imgs)
+        w.hover_check.setChecked(False)
+        for oid in (3, 10, 17):
+            ys, xs = np.nonzero(inst == oid)
+            with qtbot.waitSignal(w.preview_updated, timeout=30000):
+                _press(w, (int(ys.mean()), int(xs.mean())))
+            assert w.commit() is not None
+        d = w.open_export_dialog()
+        with qtbot.waitSignal(d.exported, timeout=60000):
+            d.start()
+        qtbot.waitUntil(lambda: not d.is_running(), timeout=10000)
+        viewer.reset_view()
+        qtbot.wait(300)
+        shot = np.asarray(viewer.screenshot(canvas_only=False))[..., :3].copy()
+        _not_blank(shot)
+        dlg = _qimage_to_array(d.grab().toImage())[..., :3]
+        _not_blank(dlg)
+        h, w_ = dlg.shape[:2]
+        y0, x0 = 60, 40  # over the canvas, as a dialog opens over the main window
+        h, w_ = min(h, shot.shape[0] - y0), min(w_, shot.shape[1] - x0)
+        shot[y0:y0 + h, x0:x0 + w_] = dlg[:h, :w_]
+        _save(shot, "annotator_export_dialog.png")
+    finally:
+        w.cleanup()
