@@ -58,7 +58,7 @@ def _export(args: argparse.Namespace) -> int:
 
     src_path = Path(args.project)
     if (src_path / PROJECT_JSON).is_file():
-        source = Project.open(src_path)
+        source = Project.open(src_path, read_only=True)  # export only reads; the annotator may hold the lock
     else:
         from .readers import read_dataset
 
