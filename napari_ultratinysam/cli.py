@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "napari_ultratinysam.evaluation.commands",
     "napari_ultratinysam.training.commands",
     "napari_ultratinysam.data.commands",
+    "napari_ultratinysam.data.import_command",
     "napari_ultratinysam.compression.commands",
 ]
 
