@@ -1,7 +1,7 @@
 """napari-ultratinysam: UltraTinySAM as a napari plugin and a Python package."""
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 __all__ = ["__version__", "load_model", "Predictor", "read_dataset"]
 

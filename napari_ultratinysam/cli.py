@@ -142,7 +142,7 @@ def describe_error(e: BaseException) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from ._version import __version__
 
     parser = _Parser(prog="utsam", description="UltraTinySAM: segment, annotate, train, export.")
     parser.add_argument("--version", action="version", version=f"utsam {__version__}")

@@ -516,7 +516,7 @@ def export_dataset(source, out_dir: str | Path, ratios: Sequence[float] | str = 
     """
     from tqdm import tqdm
 
-    from .. import __version__
+    from .._version import __version__
 
     out_dir = Path(out_dir)
     if format not in EXPORT_FORMATS:

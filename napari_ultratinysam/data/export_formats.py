@@ -118,7 +118,7 @@ class _CocoWriter:
         return n
 
     def finish(self, splits: Sequence[str]) -> None:
-        from .. import __version__
+        from .._version import __version__
 
         cats = [{"id": k + 1, "name": n, "supercategory": "object"} for k, n in enumerate(self.classes.names)]
         info = {"format": COCO_TAG, "description": f"exported by napari-ultratinysam from {self.description}",

@@ -256,7 +256,7 @@ class Project:
         entries = [{"name": n, "path": cls._rel(folder, p), "size": list(image_size(p))} for n, p in zip(names, paths)]
         cls_names = list(classes) if classes is not None else list(CAMVID_CLASSES)
         cls_colors = cls._colors_for(cls_names, colors, classes is None)
-        from .. import __version__
+        from .._version import __version__
 
         state = {"format": PROJECT_FORMAT, "version": PROJECT_VERSION, "tool_version": __version__,
                  "created": _now(), "generation": 0,
