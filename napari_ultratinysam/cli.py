@@ -11,9 +11,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import sys
-from pathlib import Path
+
+from .errors import CliError
+
+# re-exported for code written against cli; command modules import them from .parsers (importing cli would tie
+# them to the module that loads them)
+from .parsers import check_output_dir, check_output_file, nonnegative_int, positive_int  # noqa: F401
 
 COMMAND_MODULES = [
     "napari_ultratinysam.commands",
@@ -28,74 +32,11 @@ EXIT_USER_ERROR = 2
 EXIT_INTERNAL_ERROR = 1
 
 
-class CliError(Exception):
-    """A user error: printed as one line, exit code 2."""
-
-
 class _Parser(argparse.ArgumentParser):
     """Argument errors as one line (usage is one ``--help`` away), exit code 2."""
 
     def error(self, message: str):  # type: ignore[override]
         self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
-# ------------------------------------------------------------------ argument types and output checks
-
-
-def _int_at_least(lo: int):
-    def parse(text: str) -> int:
-        try:
-            v = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if v < lo:
-            raise argparse.ArgumentTypeError(f"must be >= {lo}, got {v}")
-        return v
-
-    parse.__name__ = f"int>={lo}"
-    return parse
-
-
-positive_int = _int_at_least(1)
-nonnegative_int = _int_at_least(0)
-
-
-def _nearest_existing(path: Path) -> Path:
-    p = path
-    while not p.exists() and p != p.parent:
-        p = p.parent
-    return p
-
-
-def _check_parent_writable(path: Path, flag: str) -> None:
-    anc = _nearest_existing(path.parent if str(path.parent) else Path("."))
-    if not anc.is_dir():
-        raise CliError(f"{flag} {path}: {anc} is a file, not a folder")
-    if not os.access(anc, os.W_OK | os.X_OK):
-        raise CliError(f"{flag} {path}: folder {anc} is not writable")
-
-
-def check_output_file(path, flag: str) -> Path:
-    """Refuse an output file path that cannot be written (a folder, or under an unwritable / non-folder parent)
-    before any long work starts."""
-    path = Path(path)
-    if path.is_dir():
-        raise CliError(f"{flag} {path}: is a folder; give a file name")
-    _check_parent_writable(path, flag)
-    return path
-
-
-def check_output_dir(path, flag: str) -> Path:
-    """Refuse an output folder that is a file or cannot be created / written, before any long work starts."""
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise CliError(f"{flag} {path}: is a file, not a folder")
-    if path.is_dir():
-        if not os.access(path, os.W_OK | os.X_OK):
-            raise CliError(f"{flag} {path}: folder is not writable")
-    else:
-        _check_parent_writable(path, flag)
-    return path
 
 
 # ------------------------------------------------------------------ the error boundary

@@ -6,31 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .cli import check_output_dir, check_output_file, positive_int
-
-
-def _parse_point(text: str) -> tuple[float, float, int]:
-    parts = text.split(",")
-    if len(parts) not in (2, 3):
-        raise argparse.ArgumentTypeError(f"--point {text!r}: expected X,Y or X,Y,LABEL")
-    try:
-        x, y = float(parts[0]), float(parts[1])
-        lab = int(parts[2]) if len(parts) == 3 else 1
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--point {text!r}: X and Y must be numbers, LABEL 0 or 1") from None
-    if lab not in (0, 1):
-        raise argparse.ArgumentTypeError(f"--point {text!r}: LABEL must be 1 (positive) or 0 (negative)")
-    return x, y, lab
-
-
-def _parse_box(text: str) -> tuple[float, float, float, float]:
-    try:
-        v = [float(t) for t in text.split(",")]
-    except ValueError:
-        v = []
-    if len(v) != 4:
-        raise argparse.ArgumentTypeError(f"--box {text!r}: expected X0,Y0,X1,Y1")
-    return tuple(v)
+from .parsers import box_arg, check_output_dir, check_output_file, point_arg, positive_int
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -166,9 +142,10 @@ def register(sub) -> None:
 
     p = sub.add_parser("segment", help="segment one object in an image from points and/or a box")
     p.add_argument("image", type=Path)
-    p.add_argument("--point", action="append", type=_parse_point, default=[], metavar="X,Y[,LABEL]",
+    p.add_argument("--point", action="append", type=point_arg("--point", default_label=1), default=[],
+                   metavar="X,Y[,LABEL]",
                    help="a click in image pixels; LABEL 1 positive (default) or 0 negative; repeatable")
-    p.add_argument("--box", type=_parse_box, metavar="X0,Y0,X1,Y1")
+    p.add_argument("--box", type=box_arg("--box"), metavar="X0,Y0,X1,Y1")
     p.add_argument("-o", "--output", type=Path, required=True, help="output mask PNG (0/255)")
     p.add_argument("--no-zoom", action="store_true", help="disable zoom-in refinement")
     p.add_argument("--flip-tta", action="store_true",

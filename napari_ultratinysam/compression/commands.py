@@ -7,21 +7,9 @@ import sys
 import time
 from pathlib import Path
 
-from ..cli import check_output_dir, nonnegative_int, positive_int
-from ..commands import _parse_box  # one parser for X0,Y0,X1,Y1 in every subcommand
+from ..parsers import box_arg, check_output_dir, nonnegative_int, point_arg, positive_int
 
 PROMPTS = ("center-point", "points", "box")
-
-
-def _parse_point(text: str) -> tuple:
-    parts = text.split(",")
-    try:
-        vals = [float(p) for p in parts]
-    except ValueError:
-        vals = []
-    if len(vals) not in (2, 3) or (len(vals) == 3 and vals[2] not in (0.0, 1.0)):
-        raise argparse.ArgumentTypeError(f"--points {text!r}: expected X,Y or X,Y,LABEL (LABEL 1 or 0)")
-    return (vals[0], vals[1]) if len(vals) == 2 else (vals[0], vals[1], int(vals[2]))
 
 
 def _prompt_kwargs(args) -> dict:
@@ -58,12 +46,12 @@ def _model_kwargs(args) -> dict:
 
 
 def _one_line_errors(fn):
-    """Quantisation / conversion failures -> one line and exit code 2 (cli.CliError)."""
+    """Quantisation / conversion failures -> one line and exit code 2 (errors.CliError)."""
     import functools
 
     @functools.wraps(fn)
     def wrapped(args):
-        from ..cli import CliError
+        from ..errors import CliError
         from .imx500 import IMX500Error
         from .quantize import QuantizationError
 
@@ -127,9 +115,10 @@ def _common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--config", help="a preset name or YAML: export random weights (for checks, not for use)")
     p.add_argument("--prompt", choices=PROMPTS, default="center-point",
                    help="the prompt baked into the graph (default: one click at the frame centre)")
-    p.add_argument("--points", action="append", type=_parse_point, metavar="X,Y[,LABEL]",
+    p.add_argument("--points", action="append", type=point_arg("--points"), metavar="X,Y[,LABEL]",
                    help="with --prompt points: a click in model pixels of the 128x128 frame; repeatable")
-    p.add_argument("--box", type=_parse_box, metavar="X0,Y0,X1,Y1", help="with --prompt box: the box in model pixels")
+    p.add_argument("--box", type=box_arg("--box"), metavar="X0,Y0,X1,Y1",
+                   help="with --prompt box: the box in model pixels")
     p.add_argument("--calibration", type=Path, metavar="DATASET",
                    help="representative images: a dataset (any supported format; its train split) or an image "
                         "folder (default: the bundled sample data)")

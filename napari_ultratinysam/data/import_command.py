@@ -33,7 +33,8 @@ def register(subparsers) -> None:
 
 
 def _import(args: argparse.Namespace) -> int:
-    from ..cli import CliError, check_output_dir
+    from ..errors import CliError
+    from ..parsers import check_output_dir
     from .importer import import_labels
 
     if args.min_area < 0:

@@ -135,9 +135,9 @@ def load_device_predictor(args: argparse.Namespace) -> tuple[Any, str]:
     """``--imx500 PATH`` (the quantized graph, prompt from its metadata.json) and/or ``--imx500-float`` (the float
     deploy graph of ``--checkpoint`` / the shipped weights, with PATH's prompt or the centre point), both steered
     by the inference ROI like the Raspberry Pi: -> (DevicePredictor, a name for the report)."""
-    from ..cli import CliError
     from ..compression.device_predictor import DevicePredictor, read_metadata, resolve_onnx_path
     from ..compression.quantize import QuantizationError
+    from ..errors import CliError
 
     if args.onnx:
         raise CliError("--onnx cannot be combined with --imx500 / --imx500-float")
@@ -169,7 +169,7 @@ def load_device_predictor(args: argparse.Namespace) -> tuple[Any, str]:
 
 
 def load_dataset(args: argparse.Namespace) -> Sequence[AnnotatedImage]:
-    from ..cli import CliError
+    from ..errors import CliError
 
     if args.dataset and (args.images or args.masks):
         raise CliError("give either --dataset or --images/--masks, not both")
@@ -194,13 +194,12 @@ def _default_label(args: argparse.Namespace, model: str | None = None) -> str:
 
 # ----------------------------------------------------------------------------------------- command
 def run_evaluate(args: argparse.Namespace) -> int:
-    from ..cli import CliError, check_output_dir
-    from .protocols import evaluate_interactive, evaluate_paper
-    from .report import run_metrics, write_report
-
     import sys
 
-    from .protocols import DEFAULT_PAPER_MODES
+    from ..errors import CliError
+    from ..parsers import check_output_dir
+    from .protocols import DEFAULT_PAPER_MODES, evaluate_interactive, evaluate_paper
+    from .report import run_metrics, write_report
 
     for flag, v, lo in (("--max-clicks", args.max_clicks, 1), ("--min-area", args.min_area, 0),
                         ("--max-objects", args.max_objects, 1), ("--max-images", args.max_images, 1)):

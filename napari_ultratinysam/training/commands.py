@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from ..cli import check_output_file, nonnegative_int
+from ..parsers import check_output_file, nonnegative_int
 from ..pick import CLICK_STYLES
 
 
@@ -39,7 +39,8 @@ def register(subparsers) -> None:
                    help="skip objects with fewer pixels once squashed to 128x128 (the paper protocol's floor: 150)")
     q.add_argument("--clicks", default=",".join(CLICK_STYLES),
                    help=f"first clicks per object, comma list of {', '.join(CLICK_STYLES)} (default all three)")
-    q.add_argument("--max-images", type=nonnegative_int, default=0, help="at most this many images of each dataset (0 = all)")
+    q.add_argument("--max-images", type=nonnegative_int, default=0,
+                   help="at most this many images of each dataset (0 = all)")
     q.add_argument("--hidden", type=int, default=16, help="hidden units of the pick MLP (default 16)")
     q.add_argument("--seed", type=int, default=0)
     q.set_defaults(func=run_fit_pick)

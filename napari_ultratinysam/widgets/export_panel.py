@@ -15,9 +15,23 @@ from pathlib import Path
 
 from qtpy.QtCore import QObject, Qt, QUrl, Signal
 from qtpy.QtGui import QDesktopServices
-from qtpy.QtWidgets import (QCheckBox, QComboBox, QDialog, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QLineEdit,
-                            QProgressBar, QPushButton, QSpinBox, QVBoxLayout, QWidget)
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDialog,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
 
+from ..parsers import parse_box, parse_points
 from .annotation_state import DatasetExportRequest, dataset_export_formats
 from .qt_parts import with_browse_button
 
@@ -29,29 +43,13 @@ class ExportCancelled(Exception):
 
 
 def parse_points_text(text: str) -> list[tuple]:
-    """'x,y[,label]; x,y[,label]' (model pixels) -> [(x, y) or (x, y, label)]; ValueError names the bad part."""
-    pts = []
-    for part in [p.strip() for p in text.replace("\n", ";").split(";") if p.strip()]:
-        try:
-            v = [float(t) for t in part.split(",")]
-        except ValueError:
-            v = []
-        if len(v) not in (2, 3) or (len(v) == 3 and v[2] not in (0.0, 1.0)):
-            raise ValueError(f"points: {part!r} should be x,y or x,y,label (label 1 or 0)")
-        pts.append((v[0], v[1]) if len(v) == 2 else (v[0], v[1], int(v[2])))
-    if not pts:
-        raise ValueError("points: give at least one x,y (model pixels of the 128x128 frame)")
-    return pts
+    """The form's points, 'x,y[,label]; x,y[,label]' (model pixels) -> [(x, y) or (x, y, label)]."""
+    return parse_points(text, "points")
 
 
 def parse_box_text(text: str) -> tuple[float, float, float, float]:
-    try:
-        v = [float(t) for t in text.replace(" ", "").split(",") if t]
-    except ValueError:
-        v = []
-    if len(v) != 4:
-        raise ValueError(f"box: {text!r} should be x0,y0,x1,y1 (model pixels of the 128x128 frame)")
-    return tuple(v)
+    """The form's box, 'x0,y0,x1,y1' (model pixels)."""
+    return parse_box(text, "box")
 
 
 @dataclass
