@@ -499,3 +499,7 @@ class Predictor:
 
         return Prediction(sub.scores, lowres, sub.object_score, render=render, zoomed=True,
                           features=lambda: sub.features)
+
+
+# the prompt checks are shared with compression.device_predictor under a public name
+as_points = _as_points

@@ -232,3 +232,7 @@ def export_onnx(model, out_dir: str | Path, opset: int = 17) -> Path:
     atomic_write_json(out / "config.json", {"model": to_dict(cfg), "pixel_mean": PIXEL_MEAN, "pixel_std": PIXEL_STD,
                                             "opset": opset, "export_format": EXPORT_FORMAT})
     return out
+
+
+# an onnxruntime session as every backend here opens one, for the int8 checks of runtime_quant
+onnx_session = _session

@@ -207,9 +207,9 @@ def _lowres_masks(dec, feats: dict, geo, grid: int = 3) -> list[np.ndarray]:
 
 def _encoder_agreement(float_enc: Path, int8_enc: Path, float_dec: Path, prepared) -> float:
     """Mean low-res mask IoU (int8 vs float encoder, same float decoder) over grid clicks on ``prepared``."""
-    from .runtime import _session
+    from .runtime import onnx_session
 
-    fe, qe, dec = _session(float_enc, 1), _session(int8_enc, 1), _session(float_dec, 1)
+    fe, qe, dec = onnx_session(float_enc, 1), onnx_session(int8_enc, 1), onnx_session(float_dec, 1)
     names = [o.name for o in fe.get_outputs()]
     dec_in = {i.name for i in dec.get_inputs()}
     ious = []
