@@ -44,7 +44,7 @@ from typing import Callable, Hashable, Sequence
 import numpy as np
 import torch
 
-from ..predictor import Prediction, Predictor, _as_points
+from ..predictor import Prediction, Predictor, as_points
 from ..transforms import _bilinear_weights, resize_uint8, to_rgb_uint8
 from .deploy_graph import BakedPrompt, DeployGraph, make_prompt, to_graph_input
 
@@ -81,7 +81,9 @@ class Roi:
         return (x0, y0, x1, y1) if x1 > x0 and y1 > y0 else None
 
 
-def _prompt_from_dict(d: dict) -> BakedPrompt:
+def prompt_from_dict(d: dict) -> BakedPrompt:
+    """The baked prompt recorded in an IMX500 export's metadata.json (``{"mode", "points", "labels"}``);
+    ValueError names the field that cannot be read."""
     try:
         mode = str(d["mode"])
         pts = tuple((float(p[0]), float(p[1])) for p in d["points"])
@@ -175,7 +177,7 @@ class DevicePredictor:
         meta = read_metadata(meta_path) if meta_path is not None else {}
         if prompt is None:
             if "prompt" in meta:
-                prompt = _prompt_from_dict(meta["prompt"])
+                prompt = prompt_from_dict(meta["prompt"])
             else:
                 log.warning("%s: no metadata.json beside it: assuming the centre-point prompt", onnx)
                 prompt = make_prompt("center-point", image_size=runner.image_size)
@@ -275,7 +277,7 @@ class DevicePredictor:
             if self._image is None:
                 raise RuntimeError("call set_image(image) before predict()")
             image_hw = self._image.shape[:2]
-        pts, lab = _as_points(points, labels)
+        pts, lab = as_points(points, labels)
         bx = _as_box(box)
         s = self.image_size
         if self.prompt.mode == "box":
@@ -360,7 +362,7 @@ class DevicePredictor:
         are accepted for interface compatibility and ignored."""
         if self._image is None:
             raise RuntimeError("call set_image(image) before predict()")
-        pts, lab = _as_points(points, labels)
+        pts, lab = as_points(points, labels)
         bx = _as_box(box)
         if len(pts) == 0 and bx is None:
             raise ValueError("predict needs at least one point or a box")

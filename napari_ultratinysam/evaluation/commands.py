@@ -156,9 +156,9 @@ def load_device_predictor(args: argparse.Namespace) -> tuple[Any, str]:
             _, meta_path = resolve_onnx_path(args.imx500)
             if meta_path is None:
                 raise CliError(f"{args.imx500}: no metadata.json beside the ONNX, so its baked prompt is unknown")
-            from ..compression.device_predictor import _prompt_from_dict
+            from ..compression.device_predictor import prompt_from_dict
 
-            prompt = _prompt_from_dict(read_metadata(meta_path).get("prompt") or {})
+            prompt = prompt_from_dict(read_metadata(meta_path).get("prompt") or {})
         if args.checkpoint and not Path(args.checkpoint).is_file():
             raise FileNotFoundError(f"{args.checkpoint}: --checkpoint file does not exist")
         kw = {"prompt": prompt} if prompt is not None else {}
