@@ -21,6 +21,7 @@ target and renamed into place at the end, so a bad file or a kill leaves no half
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import zlib
 from dataclasses import dataclass, field
@@ -29,7 +30,7 @@ from typing import Callable
 
 import numpy as np
 
-from .project import MAX_ID, PROJECT_JSON, Project, _safe_stem
+from .project import MAX_ID, PROJECT_JSON, Project
 from .readers._common import Color, Dataset, default_colors, find_by_stem, list_images
 from .types import AnnotatedImage
 
@@ -146,7 +147,8 @@ def _check_target(folder: Path) -> None:
 
 
 def _unique(stem: str, taken: set[str]) -> str:
-    base, k = _safe_stem(stem), 2
+    """A file stem for a copied image: no separators or control characters, not hidden, unique."""
+    base, k = re.sub(r"[\x00-\x1f/\\:]", "_", stem).lstrip(".")[:150] or "image", 2
     name = base
     while name.casefold() in taken:  # case-insensitive disks
         name, k = f"{base}_{k}", k + 1

@@ -359,6 +359,11 @@ class AnnotatorWidget(QWidget):
         self.export_dataset_btn.clicked.connect(lambda: self.open_export_dialog())
         self.export_dataset_btn.setEnabled(False)
         v.addWidget(self.export_dataset_btn)
+        self.import_labels_btn = QPushButton("Import labels...")
+        self.import_labels_btn.setToolTip("a new project from existing labels to correct them: CamVid-style, COCO, "
+                                          "YOLO, images/ + masks/, or a folder of images and one of masks")
+        self.import_labels_btn.clicked.connect(self._import_labels_dialog)
+        v.addWidget(self.import_labels_btn)
         self.project_label = QLabel("no project: annotations live in the 'annotations' layer only")
         self.project_label.setWordWrap(True)
         v.addWidget(self.project_label)
@@ -1404,6 +1409,55 @@ class AnnotatorWidget(QWidget):
             return False
         self.set_project(project)
         return True
+
+    def _import_labels_dialog(self):
+        from ..data.readers import detect_format
+
+        src = QFileDialog.getExistingDirectory(self, "Labelled images (CamVid, COCO, YOLO, images/ + masks/)")
+        if not src:
+            return
+        masks = None
+        try:
+            detect_format(src)
+        except (OSError, ValueError):  # no dataset layout: a folder of images whose masks are elsewhere
+            masks = QFileDialog.getExistingDirectory(self, "Folder of masks for these images (same file names)")
+            if not masks:
+                return
+        folder = QFileDialog.getExistingDirectory(self, "Where to keep the project (a new or empty folder)")
+        if folder:
+            self.import_labels(src, folder, masks=masks)
+
+    def import_labels(self, source, folder, masks=None):
+        """Project > Import labels: a new project from existing labels, built off the GUI thread, then opened here
+        with the labels as committed objects. Returns the napari worker (None while an import runs)."""
+        from napari.qt.threading import create_worker
+
+        from ..data.importer import import_labels
+
+        if not self.import_labels_btn.isEnabled():
+            return None
+
+        def done(summary):
+            self.import_labels_btn.setEnabled(True)
+            if self._closed:
+                summary.project.close()
+                return
+            self.set_project(summary.project)
+            self._notify(f"UltraTinySAM: {str(summary).splitlines()[0]}", warning=False)
+
+        def failed(exc):
+            self.import_labels_btn.setEnabled(True)
+            msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            self.project_label.setText(f"<span style='color:#e55'>import failed: {msg}</span>")
+
+        self.import_labels_btn.setEnabled(False)
+        self.project_label.setText(f"importing labels from {source} ...")
+        worker = create_worker(import_labels, source, folder, masks=masks,
+                               _progress={"total": 0, "desc": "Importing labels"}, _ignore_errors=True)
+        worker.returned.connect(done)
+        worker.errored.connect(failed)
+        worker.start()
+        return worker
 
     def set_project(self, project) -> None:
         """Annotate a Project: its classes, its current image; every change is saved (off the GUI thread)."""
