@@ -66,7 +66,7 @@ def _one_line_errors(fn):
 @_one_line_errors
 def cmd_quantize(args) -> int:
     from ..io_utils import atomic_write_json
-    from .imx500 import build_metadata
+    from .metadata import build_metadata
     from .quantize import quantize_to_onnx
 
     method = "qat" if args.qat else "ptq"

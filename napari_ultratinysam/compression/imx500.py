@@ -20,8 +20,8 @@ import logging
 import os
 import queue
 import re
-import signal
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..io_utils import atomic_path, atomic_write_json, atomic_write_text
+from .metadata import build_metadata
 
 log = logging.getLogger(__name__)
 
@@ -187,8 +188,8 @@ def read_memory_report(path: str | Path) -> MemoryReport:
 
 _PREFIX_RE = re.compile(r"^\s*\[?\d{4}-\d\d-\d\d[ T][\d:.,]+\]?\s*")  # "2026-11-28 10:51:38,291 "
 _SUFFIX_RE = re.compile(r"\s*\[[^\]\s]+\.(?:py|java|scala|kt):\d+\]\s*$")  # " [/.../logger.py:179]"
-_NOT_ENOUGH_RE = re.compile(r"Not enough memory, available:\s*([0-9.]+\s*[KMG]?B)\s*,\s*required:\s*([0-9.]+\s*[KMG]?B)",
-                            re.I)
+_NOT_ENOUGH_RE = re.compile(
+    r"Not enough memory, available:\s*([0-9.]+\s*[KMG]?B)\s*,\s*required:\s*([0-9.]+\s*[KMG]?B)", re.I)
 
 
 def _clean(line: str) -> str:
@@ -211,7 +212,8 @@ def parse_converter_log(text: str) -> dict:
             head = ln[ln.index("Node ["):]
             reasons = []
             j = i + 1
-            while j < len(lines) and lines[j] and "Node [" not in lines[j] and not re.match(r"(ERROR|WARN|INFO|DEBUG)\b", lines[j]):
+            while (j < len(lines) and lines[j] and "Node [" not in lines[j]
+                   and not re.match(r"(ERROR|WARN|INFO|DEBUG)\b", lines[j])):
                 reasons.append(lines[j].strip())
                 j += 1
             m = re.search(r"op:\s*([^,]+),\s*id:\s*([^,]+)", head)
@@ -377,49 +379,6 @@ def write_deploy_folder(out_dir: str | Path, metadata: dict) -> Path:
     os.chmod(deploy / "imx500_segment.py", 0o755)
     atomic_write_json(deploy / "metadata.json", metadata)
     return deploy
-
-
-def build_metadata(graph, model_source: str, method: str, memory: MemoryReport | None = None,
-                   extra: dict | None = None) -> dict:
-    from ..config import to_dict
-    from ..transforms import PIXEL_MEAN, PIXEL_STD
-    from .deploy_graph import INPUT_SCALE
-
-    cfg = graph.model.cfg
-    s = cfg.image_size
-    meta = {
-        "format": "utsam-imx500-v1",
-        "model": {"name": cfg.name, "source": model_source, "config": to_dict(cfg)},
-        "input": {"name": "input", "shape": [1, 3, s, s], "layout": "NCHW", "color": "RGB",
-                  "tensor": f"uint8 pixels p as p * {INPUT_SCALE} (the IMX500 input: unsigned 8 bit, scale 1/256)",
-                  "normalisation": {"in_graph": True, "mean": list(PIXEL_MEAN), "std": list(PIXEL_STD),
-                                    "formula": "((p / 255) - mean) / std, folded into the first op"},
-                  "geometry": "the whole inference ROI scaled to the input size: set a square ROI "
-                              "(set_inference_roi_abs) so objects are not squashed"},
-        "prompt": {**graph.prompt.to_dict(), "coordinates": f"model-input pixels (x, y) of the {s}x{s} frame",
-                   "multimask": graph.multimask},
-        "outputs": graph.output_layout(),
-        "output_order": graph.output_names,
-        "postprocess": "pick the mask with the highest iou; upsample its logits to the ROI size (bilinear) and "
-                       "threshold at 0; with object_score <= 0 treat it as empty",
-        "roi": {"pad_value": 0,
-                "steering": "the prompt is fixed: to segment what a user points at, move the inference ROI. "
-                            "center-point / points: a square ROI placed so that the user's first positive click "
-                            "lands on the first positive baked point (side = the ROI size, e.g. min(H, W)); box: "
-                            "the ROI that maps the user's box onto the baked box. Negative and further clicks "
-                            "cannot be honoured (compression.device_predictor.DevicePredictor does this on a PC)",
-                "gate_by_object_score": bool(getattr(cfg, "gate_by_object_score", False))},
-        "quantization": {"method": method, "tool": "model-compression-toolkit (MCT)",
-                         "tpc": "imx500 v1", "weights": "8-bit per-channel symmetric",
-                         "activations": "8-bit power-of-two"},
-    }
-    if memory is not None:
-        meta["memory"] = {"memory_usage_bytes": memory.memory_usage_bytes, "available_bytes": memory.available_bytes,
-                          "fits": memory.fits, "runtime_bytes": memory.runtime_bytes,
-                          "model_bytes": memory.model_bytes, "utilization": memory.utilization,
-                          "summary": memory.summary()}
-    meta.update(extra or {})
-    return meta
 
 
 @dataclass

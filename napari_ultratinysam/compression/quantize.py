@@ -553,7 +553,7 @@ class QuantizedOnnxRunner:
         logits, iou = self.predict_lowres(image_uint8)
         k = int(np.argmax(iou))
         geo = geometry_for(np.asarray(image_uint8).shape[:2], self.image_size)
-        return logits_to_image(logits[k], geo)[0].numpy() > 0, float(iou[k])
+        return logits_to_image(logits[k], geo)[0] > 0, float(iou[k])
 
 
 def mask_agreement(graph: DeployGraph, runner: QuantizedOnnxRunner,
@@ -686,7 +686,7 @@ def quantize_to_onnx(checkpoint=None, prompt: str = "center-point", points=None,
         # the baked prompt beside the ONNX, so DevicePredictor.from_quantized_onnx can read it (export_imx500 and
         # `utsam quantize` rewrite this file with the memory report / times)
         from ..io_utils import atomic_write_json
-        from .imx500 import build_metadata
+        from .metadata import build_metadata
 
         atomic_write_json(out / "metadata.json", build_metadata(graph, source, method, None, {
             "calibration": {"source": str(calibration) if calibration else "default", "num_images": num_images},
