@@ -553,7 +553,7 @@ class QuantizedOnnxRunner:
         logits, iou = self.predict_lowres(image_uint8)
         k = int(np.argmax(iou))
         geo = geometry_for(np.asarray(image_uint8).shape[:2], self.image_size)
-        return logits_to_image(logits[k], geo)[0] > 0, float(iou[k])
+        return logits_to_image(logits[k], geo)[0].numpy() > 0, float(iou[k])
 
 
 def mask_agreement(graph: DeployGraph, runner: QuantizedOnnxRunner,
