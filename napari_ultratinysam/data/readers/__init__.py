@@ -18,20 +18,10 @@ __all__ = ["Dataset", "FORMATS", "detect_format", "read_dataset"]
 
 
 def _module(fmt: str):
-    if fmt == "shards":
-        from .. import shards
-
-        return shards
     return importlib.import_module(f"{__name__}.{fmt}")
 
 
 def _detect(fmt: str, path: Path) -> bool:
-    if fmt == "shards":  # without importing the shard writer (and torch)
-        index = path / "index.json"
-        if not (path.is_dir() and index.is_file()):
-            return False
-        with open(index, encoding="utf-8", errors="replace") as f:
-            return "napari-ultratinysam/shards" in f.read(512)
     return _module(fmt).detect(path)
 
 
