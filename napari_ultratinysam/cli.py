@@ -26,6 +26,7 @@ COMMAND_MODULES = [
     "napari_ultratinysam.data.commands",
     "napari_ultratinysam.data.import_command",
     "napari_ultratinysam.compression.commands",
+    "napari_ultratinysam.segment_all_commands",
 ]
 
 EXIT_USER_ERROR = 2
