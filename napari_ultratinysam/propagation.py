@@ -129,12 +129,12 @@ def propagate(predictor, stack: Sequence[np.ndarray], start_index: int, start_ma
     steps = [s for d, s in (("forward", 1), ("backward", -1)) if direction in (d, "both")]
     limit = n if max_slices is None else int(max_slices)
     total = sum(min(limit, n - 1 - start_index if s > 0 else start_index) for s in steps)
-    start_low = None
-    size = int(predictor.image_size)
-    lowres = int(getattr(getattr(predictor, "backend", None), "lowres_size", size // 4))
-    if use_mask_input:
-        start_low = mask_to_lowres(start, size, lowres)
-    min_area = (max(start.shape) / lowres) ** 2  # one low-res cell: the finest detail the model resolves
+    size = int(getattr(predictor, "image_size", 0) or 0)
+    lowres = int(getattr(predictor, "lowres_size", 0) or getattr(getattr(predictor, "backend", None), "lowres_size",
+                                                                  size // 4))
+    # the first step gets the start mask as logits; a predictor that does not say its sizes, none
+    start_low = mask_to_lowres(start, size, lowres) if use_mask_input and size and lowres else None
+    min_area = (max(start.shape) / lowres) ** 2 if lowres else 1  # one low-res cell: the finest detail resolved
     out = PropagationResult()
     done = 0
     for step in steps:
@@ -157,7 +157,7 @@ def propagate(predictor, stack: Sequence[np.ndarray], start_index: int, start_ma
             predictor.set_image(np.asarray(stack[i]), key=_slice_key(key, i))
             r = predictor.predict(points=interior_point(prev)[None], labels=[1], box=_grown_box(prev, box_margin),
                                   mask_input=low, multimask=False)
-            m = np.asarray(r.mask(0), dtype=bool)
+            m = np.asarray(r.mask(0) if callable(getattr(r, "mask", None)) else r.masks[0], dtype=bool)
             area, score = int(m.sum()), float(r.scores[0])
             if area == 0:
                 stop = Stop(i, "empty")

@@ -315,7 +315,7 @@ class Edit:
     """One undoable change: pixels (inside ``region`` where ``mask``) went from ``before`` to ``after``; class
     assignments went from ``classes_before`` to ``classes_after`` (None = no entry)."""
 
-    kind: str  # "commit" | "delete" | "reclass"
+    kind: str  # "commit" | "delete" | "reclass" | "propagate"
     object_id: int
     region: tuple[slice, ...] | None = None
     mask: np.ndarray | None = None
@@ -400,6 +400,45 @@ class AnnotationModel:
         self.object_class[oid] = int(class_index)
         self._push(edit)
         return oid, region
+
+    def set_planes(self, object_id: int, masks: dict[int, np.ndarray], overwrite: bool = False) -> tuple | None:
+        """Make ``masks`` ({plane index: (H, W) bool}) the pixels of an existing object on those planes of a stack
+        (a propagation): its other pixels there are cleared; without ``overwrite`` other objects' pixels are kept.
+        One undo step for all the planes. Returns the region touched (None: nothing changed)."""
+        oid = int(object_id)
+        if oid not in self.object_class:
+            raise ValueError(f"propagate: object #{oid} does not exist")
+        if self.labels.ndim != 3:
+            raise ValueError(f"propagate: the annotations are not a stack (shape {self.labels.shape})")
+        if not masks:
+            return None
+        n, shape = self.labels.shape[0], self.labels.shape[1:]
+        for i, m in masks.items():
+            if not 0 <= int(i) < n:
+                raise ValueError(f"propagate: plane {i} is outside the stack (0..{n - 1})")
+            if np.shape(m) != shape:
+                raise ValueError(f"propagate: mask of plane {i} has shape {np.shape(m)}, the slices {shape}")
+        z0, z1 = min(masks), max(masks) + 1
+        sub = self.labels[z0:z1]
+        want = np.zeros(sub.shape, bool)
+        mine = np.zeros(sub.shape, bool)
+        for i, m in masks.items():
+            want[i - z0] = np.asarray(m, dtype=bool)
+            mine[i - z0] = sub[i - z0] == oid
+        if not overwrite:
+            want &= (sub == 0) | mine
+        change = want != mine
+        if not change.any():
+            return None
+        bb = tuple(slice(int(a.min()), int(a.max()) + 1) for a in np.nonzero(change))
+        m = change[bb]
+        cur = sub[bb]
+        before = cur[m].copy()
+        after = np.where(want[bb][m], oid, 0).astype(self.labels.dtype)
+        cur[m] = after
+        region = (slice(bb[0].start + z0, bb[0].stop + z0),) + bb[1:]
+        self._push(Edit("propagate", oid, region, m, before, after))
+        return region
 
     def delete(self, object_id: int) -> tuple | None:
         """Remove an object everywhere (all planes). Returns the region touched."""

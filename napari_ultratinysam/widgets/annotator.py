@@ -81,6 +81,7 @@ SHORTCUTS: tuple[tuple[str, str], ...] = (
     ("Esc", "clear prompts without committing"),
     ("Ctrl+Z / Ctrl+Shift+Z", "undo / redo commit, delete, re-class"),
     ("H", "hover preview on/off"),
+    ("Shift+P", "propagate the preview or the selected object through the stack (one undo step)"),
 )
 SHORTCUT_HELP = (
     "<b>Shortcuts</b> (with the <i>prompts</i> layer selected; with <i>annotations</i> selected napari's own "
@@ -103,6 +104,8 @@ class AnnotatorWidget(QWidget):
     device_updated = Signal(int)  # pixels of the IMX500 preview mask now shown
     embedding_ready = Signal(object)  # the embedding key that became current
     committed = Signal(int)  # new object id
+    propagated = Signal(int)  # object id carried to other slices (emitted after the labels changed)
+    propagation_progress = Signal(int, int)  # slices done, slices in all (from the worker thread: queued)
 
     def __init__(self, napari_viewer: "napari.viewer.Viewer", predictor: Any = None,
                  loader: Callable[[PredictorSpec], Any] = load_predictor,
@@ -140,6 +143,8 @@ class AnnotatorWidget(QWidget):
         self._slow_progress = None  # napari's activity-dock progress of a slow model build
         self.saver = LatestRequestWorker(name="utsam-autosave", parent=self)  # project writes, off the GUI thread
         self._plane: tuple = ()
+        self._data_version = 0  # bumped when the image layer's data is replaced: part of the embedding keys
+        self._data_layer = None  # the layer whose data events bump it
         self._suspend = 0  # > 0 while we change layers ourselves (ignore their events)
         # clicked points not yet in the prompts layer: (coord, positive). A click's prediction is submitted at once
         # and the point is added to the layer right after its preview is shown (or after POINT_FLUSH_MS at most):
@@ -159,6 +164,7 @@ class AnnotatorWidget(QWidget):
         self.viewer.layers.events.inserted.connect(self._refresh_layer_choices)
         self.viewer.layers.events.removed.connect(self._on_layer_removed)
         self.viewer.dims.events.current_step.connect(self._on_dims_step)
+        self.propagation_progress.connect(self._on_propagation_progress)
         self._refresh_layer_choices()
 
     # ================================================================================================ UI
@@ -330,6 +336,12 @@ class AnnotatorWidget(QWidget):
         for b in (self.reclass_btn, self.delete_btn, self.undo_btn, self.redo_btn):
             row.addWidget(b)
         v.addLayout(row)
+        self.propagate_btn = QPushButton("Propagate (Shift+P)")
+        self.propagate_btn.setToolTip("3-D stack or time series: carry the preview (committed first) or the "
+                                      "selected object to the next and previous slices, each prompted with the "
+                                      "slice before it, until the object disappears; Undo takes it all back")
+        self.propagate_btn.clicked.connect(lambda: self.propagate_object())
+        v.addWidget(self.propagate_btn)
         self.objects_label = QLabel("")
         v.addWidget(self.objects_label)
         lay.addWidget(g)
@@ -627,6 +639,7 @@ class AnnotatorWidget(QWidget):
         if layer is self.image_layer:
             self.worker.cancel("preview")
             self.worker.cancel("embed")
+            self.worker.cancel("propagate")
             self.image_layer = None
             self.status_label.setText("Choose an image layer.")
         for name in (PROMPTS, BOX, PREVIEW, ANNOTATIONS):
@@ -662,9 +675,11 @@ class AnnotatorWidget(QWidget):
         if self.layer_combo.currentText() != layer.name:
             self.layer_combo.setCurrentText(layer.name)
         self.worker.cancel("preview")
+        self.worker.cancel("propagate")
         self.image_layer = layer
         self._image_token += 1
         self._key_base = key_base
+        self._watch_image_data(layer)
         self._plane = self._current_plane()
         self._ensure_layers()
         self._clear_prompt_layers()
@@ -774,14 +789,32 @@ class AnnotatorWidget(QWidget):
             self._clear_preview()
             self._request_embedding()
 
-    def _embedding_key(self):
+    def _embedding_key(self, plane: tuple | None = None):
+        """The predictor's cache key of a plane (default: the current one): which layer, which version of its data,
+        which slice, which contrast. Cheap: the predictor never hashes the pixels."""
         il = self.image_layer
         contrast = () if (il.rgb or _dtype(il) == np.uint8) else tuple(float(c) for c in il.contrast_limits)
-        return (self._key_base or self._image_token, self._plane, contrast)
+        base = self._key_base or self._image_token
+        if self._data_version:  # the layer's data was replaced since it was chosen
+            base = (base, "data", self._data_version)
+        return (base, self._plane if plane is None else plane, contrast)
 
-    def _image_getter(self) -> Callable[[], np.ndarray]:
-        """A function that reads the current plane (called on the worker thread; works for dask arrays too)."""
-        il, plane = self.image_layer, self._plane
+    def _watch_image_data(self, layer) -> None:
+        if self._data_layer is not None:
+            self._data_layer.events.data.disconnect(self._on_image_data)
+        self._data_layer = layer
+        self._data_version = 0
+        layer.events.data.connect(self._on_image_data)
+
+    def _on_image_data(self, event=None):
+        """New pixels under the same layer: later requests use new embedding keys (computed on next use)."""
+        self._data_version += 1
+        self.worker.cancel("propagate")
+
+    def _image_getter(self, plane: tuple | None = None) -> Callable[[], np.ndarray]:
+        """A function that reads a plane (default: the current one; called on the worker thread; works for dask
+        arrays too)."""
+        il, plane = self.image_layer, (self._plane if plane is None else plane)
         data = il.data[0] if il.multiscale else il.data
         contrast = None if (il.rgb or _dtype(il) == np.uint8) else tuple(float(c) for c in il.contrast_limits)
 
@@ -1175,6 +1208,62 @@ class AnnotatorWidget(QWidget):
         self.committed.emit(oid)
         return oid
 
+    def propagate_object(self, direction: str = "both") -> int | None:
+        """Shift+P: carry the preview (committed first) or the selected object of this slice to the next and/or
+        previous slices (propagation.propagate, on the worker); written as one undo step. Returns the request."""
+        if self.image_layer is None or self.model is None or len(self.spatial_shape()) != 3:
+            self.status_label.setText("propagate: needs a 3-D stack or time series (this image is 2-D)")
+            return None
+        if self.candidates is not None and self.candidates_plane == self._plane and self.commit() is None:
+            return None
+        oid, plane, model, session, worker = self.selected_id, self._plane, self.model, self.session, self.worker
+        start = (model.labels[plane] == oid) if oid else None
+        if start is None or not start.any():
+            self.status_label.setText("propagate: commit an object on this slice or select one (Alt+click) first")
+            return None
+        from ..propagation import propagate
+
+        n = self.spatial_shape()[0]
+        keys = {i: self._embedding_key((i,)) for i in range(n)}
+        getters = [self._image_getter((i,)) for i in range(n)]
+        holder: dict = {}
+
+        def run():
+            p = _PropagationPredictor(session)
+            return propagate(p, _Slices(getters), plane[0], start, direction, key=keys.__getitem__,
+                             progress=self.propagation_progress.emit,
+                             cancelled=lambda: worker.closed or ("seq" in holder  # (set once submitted)
+                                                                 and not worker.is_current(holder["seq"], "propagate")))
+
+        def done(res):
+            if self.model is not model or self._closed:
+                return  # another image (or layer) meanwhile: these masks belong to the old one
+            try:
+                region = model.set_planes(oid, dict(res), overwrite=self.overwrite_check.isChecked())
+            except ValueError as exc:  # e.g. the object was deleted meanwhile
+                self.status_label.setText(str(exc))
+                return
+            if region is not None:
+                self._after_annotation_change()
+            stops = ", ".join(f"{d} at slice {s.index} ({s.reason})" for d, s in res.stops.items()
+                              if 0 <= s.index < n)
+            span = f" ({min(res)}..{max(res)})" if res else ""
+            self.status_label.setText(f"propagated #{oid} to {len(res)} slice(s){span}"
+                                      + (f"; stopped {stops}" if stops else ""))
+            self.propagated.emit(oid)
+
+        def failed(exc):
+            self.status_label.setText(f"<span style='color:#e55'>propagation failed: {exc}</span>")
+            self._notify(f"UltraTinySAM: propagation failed: {exc}")
+
+        self.status_label.setText(f"propagating #{oid} from slice {plane[0]} ...")
+        holder["seq"] = seq = worker.submit("propagate", run, on_done=done, on_error=failed)
+        return seq
+
+    def _on_propagation_progress(self, done: int, total: int):
+        if self.worker.is_busy("propagate"):
+            self.status_label.setText(f"propagating: {done}/{total} slices")
+
     def undo(self):
         if self.model is not None and self.model.undo() is not None:
             self._after_annotation_change()
@@ -1265,6 +1354,7 @@ class AnnotatorWidget(QWidget):
         self.redo_btn.setEnabled(bool(m and m.can_redo))
         self.delete_btn.setEnabled(bool(m and self.selected_id))
         self.reclass_btn.setEnabled(bool(m and self.selected_id))
+        self.propagate_btn.setEnabled(bool(m is not None and m.labels.ndim == 3))
 
     # ============================================================================================ classes
     @property
@@ -1600,6 +1690,7 @@ class AnnotatorWidget(QWidget):
             "Escape": lambda v: self.clear_prompts(),
             "Control-z": lambda v: self.undo(),
             "Control-Shift-z": lambda v: self.redo(),
+            "Shift-P": lambda v: self.propagate_object(),
         }
         for k, fn in keys.items():
             self.viewer.bind_key(k, fn, overwrite=True)
@@ -1645,6 +1736,8 @@ class AnnotatorWidget(QWidget):
                 self.viewer.bind_key(k, None)
             except Exception:  # noqa: BLE001 - the viewer may already be gone
                 pass
+        if self._data_layer is not None:
+            self._data_layer.events.data.disconnect(self._on_image_data)
         for sig, slot in ((self.viewer.layers.events.inserted, self._refresh_layer_choices),
                           (self.viewer.layers.events.removed, self._on_layer_removed),
                           (self.viewer.dims.events.current_step, self._on_dims_step)):
@@ -1668,6 +1761,39 @@ class AnnotatorWidget(QWidget):
         preview layer + its refresh, GUI thread), click_to_preview / hover_to_preview (request -> first preview
         shown), refine and click_to_refined / hover_to_refined (the zoom-in stage on large images)."""
         return dict(self._timing)
+
+
+class _Slices:
+    """A stack's slices as propagate() reads them: each through its own reader (the layer's contrast applied)."""
+
+    def __init__(self, getters: list[Callable[[], np.ndarray]]):
+        self.getters = getters
+
+    def __len__(self) -> int:
+        return len(self.getters)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return self.getters[int(i)]()
+
+
+class _PropagationPredictor:
+    """The session's predictor as propagate() uses it (worker thread only): slices are set through the session,
+    so that it keeps knowing which image the predictor holds."""
+
+    def __init__(self, session: PredictorSession):
+        self.session = session
+        self.predictor = p = session.ensure_predictor()
+        if hasattr(p, "zoom_refine"):
+            p.zoom_refine = bool(session.zoom_refine)
+        for name in ("image_size", "lowres_size", "backend"):
+            if hasattr(p, name):
+                setattr(self, name, getattr(p, name))
+
+    def set_image(self, image: np.ndarray, key=None) -> None:
+        self.session.ensure_image(key, lambda: image)
+
+    def predict(self, **kw):
+        return self.predictor.predict(**kw)
 
 
 def _dtype(layer):
