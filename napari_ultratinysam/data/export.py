@@ -533,9 +533,7 @@ def export_dataset(source, out_dir: str | Path, ratios: Sequence[float] | str = 
         raise ValueError(f"{out_dir}: holds a {kind} export; export the {format} one elsewhere or pass "
                          f"overwrite=True (--overwrite)")
     if format != "camvid":
-        from .export_formats import export_other
-
-        return export_other(format, src, out_dir, ratio_t, splits, seed, image_format, include_empty, progress)
+        return _export_whole(format, src, out_dir, ratio_t, splits, seed, image_format, include_empty, progress)
     if kind == "camvid" and not overwrite:
         meta, void_index = _camvid_meta(out_dir, src.classes, void_index)
     else:
@@ -572,6 +570,41 @@ def export_dataset(source, out_dir: str | Path, ratios: Sequence[float] | str = 
             "images": dict(sorted(images.items())),
         })
     summary.images_per_split = {s: stats[s]["images"] for s in splits}
+    return summary
+
+
+def _export_whole(fmt: str, src: _Source, out_dir: Path, ratios: Sequence[float], splits: Sequence[str], seed: int,
+                  image_format: str, include_empty: bool, progress: bool) -> ExportSummary:
+    """Write ``src`` as a COCO or YOLO export (export_formats' writers) to ``out_dir``, staged and swapped in
+    whole."""
+    from tqdm import tqdm
+
+    from .export_formats import format_writer
+
+    previous: set[str] = set()
+    if existing_export(out_dir) == fmt and (out_dir / "images").is_dir():
+        previous = {p.stem for p in (out_dir / "images").glob("*/*")}
+    summary = ExportSummary(str(out_dir), {}, skipped_empty=list(src.skipped), format=fmt)
+    counts = {s: 0 for s in splits}
+    seen: set[str] = set()
+    with staged_dir(out_dir, keep_existing=False) as stage:
+        writer = format_writer(fmt, stage, src.classes, image_format, src.description, _write_image)
+        for item in tqdm(src.items, desc=f"export {fmt}", unit="img", disable=not progress):
+            name = safe_name(item.name)
+            if name in seen:
+                raise ValueError(f"{item.source or item.name}: two images export to the same name {name!r}")
+            seen.add(name)
+            if item.num_objects == 0 and not include_empty:
+                summary.skipped_empty.append(name)
+                continue
+            split = assign_split(name, ratios, splits, seed)
+            summary.objects_written += writer.add(item, name, split)
+            counts[split] += 1
+            (summary.replaced if name in previous else summary.added).append(name)
+        # only splits that hold images: readers refuse an empty image folder (an empty export keeps one, as a marker)
+        used = [s for s in splits if counts[s]] or [next(s for s, r in zip(splits, ratios) if r > 0)]
+        writer.finish(used)
+    summary.images_per_split = counts
     return summary
 
 

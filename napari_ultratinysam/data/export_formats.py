@@ -1,4 +1,4 @@
-"""COCO and YOLO dataset exports (``export_dataset(..., format="coco" | "yolo")``; the CamVid-style one is in export).
+"""COCO and YOLO dataset writers, driven by ``export.export_dataset(..., format="coco" | "yolo")``.
 
 COCO instances layout of ``out_dir``::
 
@@ -22,17 +22,18 @@ from __future__ import annotations
 import json
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
-from .export import ExportSummary, _Source, _write_image, assign_split, safe_name, staged_dir
 from .types import AnnotatedImage
 
 COCO_TAG = "napari-ultratinysam/coco-instances"
 YOLO_TAG = "napari-ultratinysam/yolo-segmentation"
 UNCLASSIFIED = "object"
 SIMPLIFY = 0.5  # pixels: polygon simplification
+
+ImageWriter = Callable[[Path, np.ndarray], None]
 
 
 def detect_export(out_dir: Path) -> str | None:
@@ -83,20 +84,22 @@ class _Classes:
 
 
 class _CocoWriter:
-    def __init__(self, stage: Path, classes: _Classes, image_format: str, description: str):
+    def __init__(self, stage: Path, classes: _Classes, image_format: str, description: str,
+                 write_image: ImageWriter):
         try:
             from pycocotools import mask as mask_utils
         except ImportError:  # pragma: no cover - a dependency
             raise ValueError("format coco: needs pycocotools (pip install pycocotools)") from None
         self.mask_utils = mask_utils
         self.stage, self.classes, self.ext, self.description = stage, classes, image_format, description
+        self.write_image = write_image
         self.images: dict[str, list[dict]] = {}
         self.annotations: dict[str, list[dict]] = {}
         self.next_image, self.next_ann = 1, 1
 
     def add(self, item: AnnotatedImage, name: str, split: str) -> int:
         file = f"{name}.{self.ext}"
-        _write_image(self.stage / "images" / split / file, item.image)
+        self.write_image(self.stage / "images" / split / file, item.image)
         h, w = item.image.shape[:2]
         image_id = self.next_image
         self.next_image += 1
@@ -193,11 +196,13 @@ def normalise(poly: np.ndarray, h: int, w: int) -> np.ndarray:
 
 
 class _YoloWriter:
-    def __init__(self, stage: Path, classes: _Classes, image_format: str, description: str):
+    def __init__(self, stage: Path, classes: _Classes, image_format: str, description: str,
+                 write_image: ImageWriter):
         self.stage, self.classes, self.ext, self.description = stage, classes, image_format, description
+        self.write_image = write_image
 
     def add(self, item: AnnotatedImage, name: str, split: str) -> int:
-        _write_image(self.stage / "images" / split / f"{name}.{self.ext}", item.image)
+        self.write_image(self.stage / "images" / split / f"{name}.{self.ext}", item.image)
         h, w = item.image.shape[:2]
         lines = []
         for m, c in zip(item.masks, item.class_ids):
@@ -226,39 +231,15 @@ class _YoloWriter:
                                               encoding="utf-8")
 
 
-# ---------------------------------------------------------------- export
+# ---------------------------------------------------------------- the writers, for export.export_dataset
 
 
-def export_other(fmt: str, src: _Source, out_dir: Path, ratios: Sequence[float], splits: Sequence[str], seed: int,
-                 image_format: str, include_empty: bool, progress: bool) -> ExportSummary:
-    """Write ``src`` as a COCO or YOLO export to ``out_dir`` (staged, swapped in whole)."""
-    from tqdm import tqdm
-
-    from .export import existing_export
-
-    previous: set[str] = set()
-    if existing_export(out_dir) == fmt and (out_dir / "images").is_dir():
-        previous = {p.stem for p in (out_dir / "images").glob("*/*")}
-    classes = _Classes(src.classes)
-    summary = ExportSummary(str(out_dir), {}, skipped_empty=list(src.skipped), format=fmt)
-    counts = {s: 0 for s in splits}
-    seen: set[str] = set()
-    with staged_dir(out_dir, keep_existing=False) as stage:
-        writer = (_CocoWriter if fmt == "coco" else _YoloWriter)(stage, classes, image_format, src.description)
-        for item in tqdm(src.items, desc=f"export {fmt}", unit="img", disable=not progress):
-            name = safe_name(item.name)
-            if name in seen:
-                raise ValueError(f"{item.source or item.name}: two images export to the same name {name!r}")
-            seen.add(name)
-            if item.num_objects == 0 and not include_empty:
-                summary.skipped_empty.append(name)
-                continue
-            split = assign_split(name, ratios, splits, seed)
-            summary.objects_written += writer.add(item, name, split)
-            counts[split] += 1
-            (summary.replaced if name in previous else summary.added).append(name)
-        # only splits that hold images: readers refuse an empty image folder (an empty export keeps one, as a marker)
-        used = [s for s in splits if counts[s]] or [next(s for s, r in zip(splits, ratios) if r > 0)]
-        writer.finish(used)
-    summary.images_per_split = counts
-    return summary
+def format_writer(fmt: str, stage: Path, classes: Sequence[str], image_format: str, description: str,
+                  write_image: ImageWriter):
+    """The COCO or YOLO writer of one staged export: ``add(item, name, split) -> objects written`` per image,
+    then ``finish(used_splits)``; ``.classes.names`` are the classes written (``classes`` plus "object" for
+    objects without a class, when there are some). Images go through ``write_image(path, rgb)``."""
+    kinds = {"coco": _CocoWriter, "yolo": _YoloWriter}
+    if fmt not in kinds:
+        raise ValueError(f"format: expected one of {', '.join(kinds)}, got {fmt!r}")
+    return kinds[fmt](stage, _Classes(classes), image_format, description, write_image)
