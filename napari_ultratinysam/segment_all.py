@@ -486,7 +486,7 @@ def segment_all(predictor, image: np.ndarray, params: SegmentAllParams | None = 
             progress(vi + 1, len(views))
     stats = {"views": sum(g is not None for g in geos), "levels": levels}
     empty = SegmentAllResult(np.zeros((h, w), np.uint16), np.zeros(0, np.float32), np.zeros(0, np.float32),
-                             np.zeros((0, 4), np.float32), np.zeros(0, np.int64), prompts, len(geos), stats)
+                             np.zeros((0, 4), np.float32), np.zeros(0, np.int64), prompts, stats["views"], stats)
     if not found:
         return empty
     cand = _concat(found)
