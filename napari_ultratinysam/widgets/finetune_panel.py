@@ -143,15 +143,17 @@ def _last_export_of_annotator(viewer: Any) -> str:
 
 
 def switch_annotator_to(viewer: Any, checkpoint: str | Path) -> bool:
-    """Load ``checkpoint`` in every docked UltraTinySAM annotator of ``viewer``; True if one was found."""
-    from .annotator import AnnotatorWidget
+    """Load ``checkpoint`` in every docked UltraTinySAM annotator of ``viewer``; True if one was found.
 
+    An annotator is recognised by the controls this uses (its model source, path and load action), not by its
+    class: the annotator imports this module, and this one stays free of it."""
     found = False
     for w in dict(getattr(viewer.window, "dock_widgets", {})).values():
         w = getattr(w, "native", w)
-        if isinstance(w, AnnotatorWidget):
-            i = w.source_combo.findData("checkpoint")
-            w.source_combo.setCurrentIndex(i)
+        combo = getattr(w, "source_combo", None)
+        i = combo.findData("checkpoint") if hasattr(combo, "findData") else -1
+        if i >= 0 and hasattr(w, "path_edit") and callable(getattr(w, "load_model", None)):
+            combo.setCurrentIndex(i)
             w.path_edit.setText(str(checkpoint))
             w.load_model()
             found = True
@@ -160,8 +162,19 @@ def switch_annotator_to(viewer: Any, checkpoint: str | Path) -> bool:
 
 try:  # the widget needs Qt; the functions above do not
     from qtpy.QtCore import QTimer
-    from qtpy.QtWidgets import (QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QLineEdit, QProgressBar,
-                                QPushButton, QSpinBox, QVBoxLayout, QWidget)
+    from qtpy.QtWidgets import (
+        QComboBox,
+        QFileDialog,
+        QFormLayout,
+        QHBoxLayout,
+        QLabel,
+        QLineEdit,
+        QProgressBar,
+        QPushButton,
+        QSpinBox,
+        QVBoxLayout,
+        QWidget,
+    )
 
     from .qt_parts import with_browse_button
 except Exception:  # pragma: no cover
