@@ -44,7 +44,8 @@ def machine_line() -> str:
 
 def write_section(title: str, body: str, path: Path = BENCHMARKS_MD) -> None:
     """Replace (or append) the section `## title` in BENCHMARKS.md, leaving the others untouched."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n\nEvery table is written by the script named in its section.\n"
+    text = (path.read_text() if path.exists()
+            else "# Benchmarks\n\nEvery table is written by the script named in its section.\n")
     block = f"## {title}\n\n{body.strip()}\n"
     pat = re.compile(rf"^## {re.escape(title)}\n.*?(?=^## |\Z)", re.S | re.M)
     if pat.search(text):

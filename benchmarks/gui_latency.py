@@ -9,7 +9,8 @@ update are inside that interval; the canvas repaint that follows (software OpenG
 separately. Runs a real napari window; without a DISPLAY it starts Xvfb itself (pyvirtualdisplay).
 
 Predictor: the shipped weights (napari_ultratinysam/weights/ultratinysam.safetensors) when present, else the same
-network randomly initialised with the object-score gate off (so that masks are not empty and the upsampling/refresh cost is real).
+network randomly initialised with the object-score gate off (so that masks are not empty and the upsampling/refresh
+cost is real).
 Prints a Markdown table and writes it into the `## GUI latency` section of BENCHMARKS.md.
 """
 from __future__ import annotations

@@ -248,7 +248,8 @@ def main(argv=None) -> int:
             sam_family("MobileSAM", threads, 3 if args.quick else 5, 20 if args.quick else 40, rows)
             sam_family("SAM ViT-B", threads, 2 if args.quick else 3, 20 if args.quick else 40, rows)
     head = ("| model | backend | threads | encoder p50 ms | encoder p95 ms | decoder p50 ms (to low-res logits) "
-            "| decoder p95 ms | click to full mask p50 ms (1024x1024 image) | p95 ms |\n|---|---|---|---|---|---|---|---|---|")
+            "| decoder p95 ms | click to full mask p50 ms (1024x1024 image) | p95 ms |\n"
+            "|---|---|---|---|---|---|---|---|---|")
     lines = [head] + [f"| {r[0]} | {r[1]} | {r[2]} | {r[3]:.2f} | {r[4]:.2f} | {r[5]:.2f} | {r[6]:.2f} | {r[7]:.2f} "
                       f"| {r[8]:.2f} |" for r in rows]
     best_ours = min((r for r in rows if r[0].startswith("UltraTinySAM")), key=lambda r: r[3])
@@ -258,7 +259,8 @@ def main(argv=None) -> int:
         pr = [r for r in rows if r[0].startswith(peer)]
         if pr:
             pe, pd = min(r[3] for r in pr), min(r[5] for r in pr)
-            ratio.append(f"- vs {peer}: encoder {pe / best_ours[3]:.0f}x faster ({best_ours[3]:.2f} ms vs {pe:.0f} ms), "
+            ratio.append(f"- vs {peer}: encoder {pe / best_ours[3]:.0f}x faster "
+                         f"({best_ours[3]:.2f} ms vs {pe:.0f} ms), "
                          f"decoder per click {pd / best_dec[5]:.1f}x faster ({best_dec[5]:.2f} ms vs {pd:.1f} ms) "
                          f"(best configuration of each, same run)")
     agreement = int8_agreement(20 if args.quick else None) + "\n" + bf16_agreement(20 if args.quick else None)
@@ -273,7 +275,8 @@ def main(argv=None) -> int:
             ratio += openvino_decoder_profile(PROFILE_FOLDER[0])
         ratio.append("")
     body = "\n".join([f"`benchmarks/latency.py` on {machine_line()}. p50/p95 over {n_enc} encoder and {n_dec} decoder "
-                      "runs for UltraTinySAM; peers fewer runs (their encoders take seconds). Image: the coffee sample resized to 1024x1024, one click at its centre. "
+                      "runs for UltraTinySAM; peers fewer runs (their encoders take seconds). Image: the coffee "
+                      "sample resized to 1024x1024, one click at its centre. "
                       "The 2 cores are shared with other jobs: 2-thread figures are noisy.", "", *lines, "", *ratio,
                       agreement])
     print(body)

@@ -37,7 +37,8 @@ def test_missing_truncated_foreign_and_mismatched(tmp_path, tiny_model):
     with pytest.raises(CheckpointError, match=r"foreign.safetensors: no UltraTinySAM config"):
         load_model(tmp_path / "foreign.safetensors")
     other = build_model("ultratinysam")
-    with pytest.raises(CheckpointError, match=r"m.safetensors: does not match the ultratinysam architecture: \d+ missing"):
+    with pytest.raises(CheckpointError,
+                       match=r"m.safetensors: does not match the ultratinysam architecture: \d+ missing"):
         load_model(p, config=other.cfg)
     from napari_ultratinysam.config import ModelConfig
 

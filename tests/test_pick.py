@@ -5,8 +5,15 @@ import numpy as np
 import pytest
 
 from napari_ultratinysam.config import CandidatePick, ModelConfig, from_dict, to_dict
-from napari_ultratinysam.pick import (PICK_FEATURES, PickData, candidate_features, check_pick, chosen_iou,
-                                      fit_candidate_pick, pick_scores)
+from napari_ultratinysam.pick import (
+    PICK_FEATURES,
+    PickData,
+    candidate_features,
+    check_pick,
+    chosen_iou,
+    fit_candidate_pick,
+    pick_scores,
+)
 
 F = {n: i for i, n in enumerate(PICK_FEATURES)}
 

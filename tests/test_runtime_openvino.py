@@ -181,7 +181,7 @@ def test_bf16_keeps_the_high_resolution_trunk_layers_in_float32(onnx_folder):
     backend runs every convolution in float32."""
     import openvino as ov
 
-    from napari_ultratinysam.runtime_openvino import float32_convolutions, highres_trunk_layers
+    from napari_ultratinysam.runtime_openvino import highres_trunk_layers
 
     model = ov.Core().read_model(str(onnx_folder / "encoder.onnx"))
     convs = [op for op in model.get_ordered_ops() if op.get_type_name() in ("Convolution", "GroupConvolution")]

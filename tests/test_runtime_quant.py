@@ -13,7 +13,6 @@ from napari_ultratinysam.paths import SAMPLE_DIR as SAMPLE_DATA
 from napari_ultratinysam.predictor import Predictor
 from napari_ultratinysam.runtime import OnnxBackend
 
-
 AVX2_ONLY = {"avx2": True}
 NONE = {}
 

@@ -18,7 +18,6 @@ from typing import Any, Callable
 import numpy as np
 
 from .. import _gui_safety  # noqa: F401  (napari process: keep torch away from Triton)
-
 from .readers import Dataset, read_dataset
 from .types import AnnotatedImage
 

@@ -96,7 +96,8 @@ def object_iou_curve(predictor: PredictorLike, gt: np.ndarray, ignore: np.ndarra
     best candidate by predicted IoU. Each further click goes to the interior of the largest error region of
     the current prediction, with all previous clicks and the previous best low-res logits as ``mask_input``;
     single-mask or multimask output as the predictor's own rule says (``multimask=None``; SAM's rule, the
-    shipped model's: single-mask for several points, ``multimask_max_points`` in the model config). If the prediction becomes exact (no error outside ignore) the curve is held.
+    shipped model's: single-mask for several points, ``multimask_max_points`` in the model config). If the
+    prediction becomes exact (no error outside ignore) the curve is held.
     """
     hw = gt.shape
     pred = np.zeros(hw, dtype=bool)

@@ -2,7 +2,6 @@
 IoU head (sigmoid) and object-score head."""
 from __future__ import annotations
 
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F

@@ -52,7 +52,8 @@ class UltraTinySAM(nn.Module):
         return self.cfg.image_size // 4
 
     def encode(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        """(B, 3, S, S) normalised -> {'feat_s0': (B,32,S/4,S/4), 'feat_s1': (B,64,S/8,S/8), 'embed': (B,256,S/16,S/16)}."""
+        """(B, 3, S, S) normalised -> {'feat_s0': (B,32,S/4,S/4), 'feat_s1': (B,64,S/8,S/8),
+        'embed': (B,256,S/16,S/16)}."""
         f0, f1, f2 = self.image_encoder(images)
         md = self.mask_decoder
         out = {"embed": self.channel_expansion_2(f2)}

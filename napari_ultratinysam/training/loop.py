@@ -394,7 +394,8 @@ def train(cfg: TrainConfig, progress_callback: ProgressCallback | None = None,
     if distributed and main:
         torch.distributed.barrier()
     n_train = sum(len(s) for s in sets)
-    total_steps = cfg.steps if cfg.steps > 0 else max(1, int(math.ceil(cfg.epochs * n_train / (cfg.batch_size * world))))
+    total_steps = (cfg.steps if cfg.steps > 0
+                   else max(1, int(math.ceil(cfg.epochs * n_train / (cfg.batch_size * world)))))
     if main:
         log(f"train: {n_train} images / {sum(s.num_objects for s in sets)} objects in {len(sets)} sets; "
             f"{total_steps} steps x {cfg.batch_size} images x {cfg.objects_per_image} objects x {world} process(es)"

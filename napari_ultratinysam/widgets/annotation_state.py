@@ -214,7 +214,8 @@ class PreviewBuffer:
             return self.clear()
         mask = np.asarray(mask, dtype=bool)
         if mask.shape != self.data.shape[len(plane):]:
-            raise ValueError(f"preview: mask shape {mask.shape} does not match the image {self.data.shape[len(plane):]}")
+            raise ValueError(f"preview: mask shape {mask.shape} does not match the image "
+                             f"{self.data.shape[len(plane):]}")
         bb = mask_bbox(mask)
         if self._last is not None and self._last[0] != plane:
             self.clear()
@@ -375,7 +376,8 @@ class AnnotationModel:
         return bool(self._redo)
 
     # ---- edits
-    def commit(self, mask: np.ndarray, class_index: int, plane: tuple = (), overwrite: bool = False) -> tuple[int, tuple]:
+    def commit(self, mask: np.ndarray, class_index: int, plane: tuple = (),
+               overwrite: bool = False) -> tuple[int, tuple]:
         """Write ``mask`` as a new object of ``class_index`` into ``plane``. Without ``overwrite`` only unlabelled
         pixels are taken. Returns (new id, region touched); raises ValueError if nothing would be written."""
         self._check_class(class_index)
@@ -518,7 +520,8 @@ class AnnotationModel:
         self._check_class(index)
         used = sorted(o for o, c in self.object_class.items() if c == index)
         if used:
-            raise ValueError(f"class {self.classes[index].name!r} is used by {len(used)} object(s); re-class them first")
+            raise ValueError(f"class {self.classes[index].name!r} is used by {len(used)} object(s); "
+                             f"re-class them first")
         in_history = any(index in (v for v in (*e.classes_before.values(), *e.classes_after.values()) if v is not None)
                          for e in self._undo + self._redo)
         del self.classes[index]

@@ -1,15 +1,14 @@
 """Shared fixtures for the IMX500 compression tests: tiny preset model, skips when the [imx500] extra is absent."""
 from __future__ import annotations
 
-
 import pytest
 import torch
 
 
 def mct_available() -> bool:
     try:
-        import model_compression_toolkit  # noqa: F401
         import mct_quantizers  # noqa: F401
+        import model_compression_toolkit  # noqa: F401
     except ImportError:
         return False
     return True
@@ -26,8 +25,8 @@ def converter_available() -> tuple[bool, str]:
     return True, ""
 
 
-needs_mct = pytest.mark.skipif(not mct_available(),
-                               reason='model-compression-toolkit not installed (pip install "napari-ultratinysam[imx500]")')
+needs_mct = pytest.mark.skipif(
+    not mct_available(), reason='model-compression-toolkit not installed (pip install "napari-ultratinysam[imx500]")')
 
 
 def needs_converter(fn):

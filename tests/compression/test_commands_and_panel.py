@@ -93,7 +93,7 @@ def test_panel_shows_errors_and_cancels(qtbot, tmp_path):
     assert "not installed" in panel.status_label.text()
 
     def slow(progress=None, **kw):
-        for i in range(500):
+        for _ in range(500):
             progress("working", None)
             time.sleep(0.01)
         return _fake_result(kw["out"])

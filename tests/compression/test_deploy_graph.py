@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_ultratinysam.compression.deploy_graph import (INPUT_SCALE, DeployGraph, make_prompt, to_graph_input)
+from napari_ultratinysam.compression.deploy_graph import INPUT_SCALE, DeployGraph, make_prompt, to_graph_input
 from napari_ultratinysam.network.build import build_model
 from napari_ultratinysam.network.model import select_masks
 from napari_ultratinysam.transforms import letterbox, normalize

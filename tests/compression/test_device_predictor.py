@@ -172,7 +172,6 @@ def _objects_dataset(n_images: int = 2):
         ds = read_dataset(CAMVID, split="test")
         return [ds[i] for i in range(n_images)]
     from napari_ultratinysam.data.types import AnnotatedImage
-
     from napari_ultratinysam.paths import SAMPLE_DIR as root
     items = []
     for stem in ("shapes", "coins")[:n_images]:

@@ -14,9 +14,15 @@ import pytest
 import torch
 
 from napari_ultratinysam.compression import imx500
-from napari_ultratinysam.compression.imx500 import (ConversionRejectedError, ConverterNotFoundError,
-                                                    ModelDoesNotFitError, parse_converter_log, parse_size,
-                                                    read_memory_report, run_converter)
+from napari_ultratinysam.compression.imx500 import (
+    ConversionRejectedError,
+    ConverterNotFoundError,
+    ModelDoesNotFitError,
+    parse_converter_log,
+    parse_size,
+    read_memory_report,
+    run_converter,
+)
 
 from .conftest import needs_converter, needs_mct
 

@@ -8,8 +8,12 @@ import numpy as np
 import pytest
 
 from napari_ultratinysam.compression.deploy_graph import make_prompt
-from napari_ultratinysam.compression.quantize import (CalibrationSample, _prompt_target, load_calibration,
-                                                      run_with_big_stack)
+from napari_ultratinysam.compression.quantize import (
+    CalibrationSample,
+    _prompt_target,
+    load_calibration,
+    run_with_big_stack,
+)
 
 from .conftest import needs_mct
 

@@ -16,8 +16,14 @@ import pytest
 
 from napari_ultratinysam import io_utils
 from napari_ultratinysam.data import project as project_mod
-from napari_ultratinysam.data.project import (LOCK_FILE, PROJECT_JSON, Project, ProjectChangedError,
-                                              ProjectLockedError, ProjectReadOnlyError)
+from napari_ultratinysam.data.project import (
+    LOCK_FILE,
+    PROJECT_JSON,
+    Project,
+    ProjectChangedError,
+    ProjectLockedError,
+    ProjectReadOnlyError,
+)
 
 posix_only = pytest.mark.skipif(sys.platform == "win32" or not hasattr(os, "fork"), reason="needs fork and signals")
 H, W = 24, 32
@@ -253,7 +259,7 @@ def test_generation_guard_catches_a_second_writer_that_got_past_the_lock(proj, m
     returned, refused = [], 0
     free = [(y, x) for y in range(12, H) for x in range(W)]
     rng.shuffle(free)
-    for step in range(120):
+    for _ in range(120):
         w, i = rng.choice((p, q)), rng.randrange(3)
         y, x = free.pop()
         try:

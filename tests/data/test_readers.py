@@ -11,7 +11,6 @@ from napari_ultratinysam.data.readers import detect_format, read_dataset
 from napari_ultratinysam.data.readers.coco import polygon_mask
 from napari_ultratinysam.data.readers.sa1b import rle_decode, rle_encode
 
-
 # ------------------------------------------------------------------ RLE
 
 

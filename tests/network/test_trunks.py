@@ -2,8 +2,13 @@ import pytest
 import timm
 import torch
 
-from napari_ultratinysam.network.trunks import (EfficientNetLite0, MobileViTXS, efficientnet_lite0_imagenet_state_dict,
-                                                load_timm_mobilevit_state_dict, map_efficientnet_lite0_keys)
+from napari_ultratinysam.network.trunks import (
+    EfficientNetLite0,
+    MobileViTXS,
+    efficientnet_lite0_imagenet_state_dict,
+    load_timm_mobilevit_state_dict,
+    map_efficientnet_lite0_keys,
+)
 
 
 def _randomise_bn(model):

@@ -61,7 +61,8 @@ def test_fit_pick_bad_input_is_one_line(tiny_ckpt, synthetic_dir, tmp_path, caps
 
 def test_fit_pick_on_a_training_configs_datasets(tiny_ckpt, synthetic_dir, tmp_path, capsys):
     cfg = tmp_path / "fit.yaml"
-    cfg.write_text(f"train:\n  datasets:\n    - {{path: {synthetic_dir}, format: folder, split: train, max_images: 6}}\n"
+    cfg.write_text(f"train:\n  datasets:\n"
+                   f"    - {{path: {synthetic_dir}, format: folder, split: train, max_images: 6}}\n"
                    f"  val_datasets:\n    - {{path: {synthetic_dir}, format: folder, split: val}}\n")
     out = tmp_path / "c.safetensors"
     rc = main(["fit-pick", "--checkpoint", str(tiny_ckpt), "--out", str(out), "-c", str(cfg), "--min-area", "50",

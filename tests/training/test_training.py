@@ -9,11 +9,10 @@ import pytest
 import torch
 
 from napari_ultratinysam.checkpoints import load_model, read_checkpoint
-from napari_ultratinysam.training.config import DatasetSpec, TrainConfig, load_train_config
+from napari_ultratinysam.training.config import AugConfig, DatasetSpec, LossConfig, TrainConfig, load_train_config
 from napari_ultratinysam.training.data import augment, holdout_key, load_cached, select_names
-from napari_ultratinysam.training.config import AugConfig, LossConfig
-from napari_ultratinysam.training.losses import sam_loss
 from napari_ultratinysam.training.loop import lr_at, train
+from napari_ultratinysam.training.losses import sam_loss
 
 from .conftest import tiny_overrides
 

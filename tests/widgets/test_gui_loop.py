@@ -335,7 +335,6 @@ def test_finetune_progress_step():
 
 
 def test_default_class_is_object_and_camvid_a_preset(make_napari_viewer, qtbot, tmp_path, FakePredictor):
-    from napari_ultratinysam.data.project import Project
 
     viewer, w = _widget(make_napari_viewer, FakePredictor)
     try:

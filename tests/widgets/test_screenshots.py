@@ -3,7 +3,8 @@
 Always checks that the canvas is not blank. With UTSAM_SCREENSHOTS=1 it also writes
 docs/images/annotator_docked.png and docs/images/annotator_multi_object.png. The masks come from the shipped
 default weights when napari_ultratinysam/weights/ultratinysam.safetensors exists, else from the sample's reference
-masks (an oracle behind the Predictor interface), so the pictures show the tool's real layers, colours and widget either way.
+masks (an oracle behind the Predictor interface), so the pictures show the tool's real layers, colours and widget
+either way.
 """
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ import os
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from napari_ultratinysam.widgets.samples import load_sample
 

@@ -9,8 +9,17 @@ from pathlib import Path
 import numpy as np
 
 from ..types import AnnotatedImage
-from ._common import (SPLITS, Dataset, check_size, image_size, pair_by_stem, read_label, read_rgb, regions,
-                      resolve_splits)
+from ._common import (
+    SPLITS,
+    Dataset,
+    check_size,
+    image_size,
+    pair_by_stem,
+    read_label,
+    read_rgb,
+    regions,
+    resolve_splits,
+)
 
 
 def available_splits(root: Path) -> list[str]:

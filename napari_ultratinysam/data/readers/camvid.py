@@ -10,8 +10,20 @@ from pathlib import Path
 import numpy as np
 
 from ..types import AnnotatedImage
-from ._common import (Color, Dataset, SPLITS, check_size, components, find_by_stem, image_size, list_images,
-                      read_class_csv, read_label, read_rgb, resolve_splits)
+from ._common import (
+    SPLITS,
+    Color,
+    Dataset,
+    check_size,
+    components,
+    find_by_stem,
+    image_size,
+    list_images,
+    read_class_csv,
+    read_label,
+    read_rgb,
+    resolve_splits,
+)
 
 CAMVID_CLASSES: tuple[str, ...] = ("Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol", "Fence",
                                    "Car", "Pedestrian", "Bicyclist")

@@ -10,8 +10,17 @@ from pathlib import Path
 import numpy as np
 
 from ..types import AnnotatedImage
-from ._common import (Dataset, check_size, components, image_size, pair_by_stem, read_class_csv, read_label,
-                      read_rgb, regions)
+from ._common import (
+    Dataset,
+    check_size,
+    components,
+    image_size,
+    pair_by_stem,
+    read_class_csv,
+    read_label,
+    read_rgb,
+    regions,
+)
 
 
 def detect(path: Path) -> bool:

@@ -11,8 +11,18 @@ from pathlib import Path
 import numpy as np
 
 from ..types import AnnotatedImage
-from ._common import (Dataset, SPLITS, check_size, components, image_size, pair_by_stem, read_label, read_rgb, regions,
-                      resolve_splits)
+from ._common import (
+    SPLITS,
+    Dataset,
+    check_size,
+    components,
+    image_size,
+    pair_by_stem,
+    read_label,
+    read_rgb,
+    regions,
+    resolve_splits,
+)
 
 IMAGE_DIRS = ("images", "image", "imgs", "img", "rgb")
 MASK_DIRS = ("masks", "mask", "labels", "label", "annotations", "gt", "groundtruth", "segments")
