@@ -58,10 +58,9 @@ class TorchBackend:
 class FlipAveragedBackend:
     """Test-time flip averaging around any backend: the image and its mirror image are encoded, every prompt is
     decoded on both (mirrored coordinates, mirrored mask input), and the low-res logits (mirrored back), predicted
-    IoUs and object scores are averaged. Twice the encoder and decoder time; measured with the shipped weights
-    (MODEL_CARD.md, 7 zero-shot sets, 80 objects each): mean mIoU@1 0.568 -> 0.569 (per set -3.6 to +2.0 points),
-    mIoU@3 0.627 -> 0.640, NoC@90 18.07 -> 17.45. The whole padded model square is mirrored, so the logits map back
-    exactly whatever the image's aspect ratio."""
+    IoUs and object scores are averaged. Twice the encoder and decoder time, for better later clicks more than a
+    better first one (docs/history.md). The whole padded model square is mirrored, so the logits map back exactly
+    whatever the image's aspect ratio."""
 
     def __init__(self, inner):
         if isinstance(inner, FlipAveragedBackend):

@@ -2,17 +2,15 @@
 bf16 on CPUs with bf16 matrix units (AMX / AVX512-BF16), where OpenVINO runs the convolutions and matrix products
 in bf16 (weights and activations) with float32 accumulation. Under bf16 the trunk's high-resolution layers (output
 at >= 1/4 of the input side: the stem and the first stages) stay float32: rounding the image there moved the masks
-most (measured on CamVid val, 764 objects, one click: all-bf16 agrees with float at mean IoU 0.969; with these layers
-in float32 at 0.985, for 0.1 ms more encoder time). The decoder's large matrix products keep their weights in int8
-(one scale per output channel, :func:`int8_matmul_weights`): a click streams ~4 M weights, and half the bytes made
-the one-click decoder ~10 % faster on an AMD Zen 4 (1.09-1.27 -> 0.99-1.07 ms, alternating runs).
+most. The decoder's large matrix products keep their weights in int8 (one scale per output channel,
+:func:`int8_matmul_weights`): a click streams millions of weights, and half the bytes make the decoder faster. The
+measurements behind both are in docs/history.md.
 
     backend = OpenVinoBackend(folder, precision="bf16")     # same interface as runtime.OnnxBackend
     p = Predictor(backend)                                 # or Predictor.from_default(backend="onnx", precision="bf16")
 
 Why OpenVINO for bf16: onnxruntime's CPU provider has no bf16 convolution / matrix kernels for x86, OpenVINO's CPU
-plugin does (oneDNN with AMX). Measured on a 2-core Sapphire Rapids VM (AMX, 1 thread, BENCHMARKS.md): encoder
-1.99 -> 1.04 ms, decoder 2.14 -> 0.97 ms against onnxruntime float.
+plugin does (oneDNN with AMX); the speed-up is in BENCHMARKS.md.
 
 The decoder is compiled with a dynamic number of prompt points for prompts with a mask input; prompts without one
 (a first click, hover, a box) run ``decoder_nomask.onnx`` (no mask-input branch), also compiled with static shapes
@@ -178,8 +176,8 @@ class OpenVinoBackend:
                 self._nomask[None] = _compile(core, decoder(nomask), threads, precision).create_infer_request()
                 for n in STATIC_POINTS:
                     m = decoder(nomask, n)
-                    # bf16: OpenVINO's "snippets" fusion miscompiles this static graph (measured with 2026.4:
-                    # logits off by ~1.7, masks wrong); without it the logits are within bf16 rounding (~0.04)
+                    # bf16: OpenVINO's "snippets" fusion miscompiles this static graph (wrong masks; see
+                    # docs/history.md); without it the logits are within bf16 rounding
                     self._nomask[n] = _compile(core, m, threads, precision,
                                                snippets=precision != "bf16").create_infer_request()
         except Exception as e:  # noqa: BLE001 - one line naming the folder

@@ -4,24 +4,21 @@
     p = Predictor.from_onnx(folder)                              # or Predictor.from_default(backend="onnx",
                                                                  #                           precision="int8")
 
-What the int8 folder holds (measured on an AVX2-only AMD EPYC, 1 thread, shipped weights; see BENCHMARKS.md):
+What the int8 folder holds (the measurements behind these choices, and what else was tried: docs/history.md):
 
 * decoder.onnx: dynamic int8 (``quantize_dynamic``) of the weight MatMuls of the mask decoder's two-way
   transformer MLPs and cross-attention projections, weights uint8. Left in float: the prompt positional encoding
-  (a 2xC MatMul on raw coordinates: quantizing it moved clicks and cost ~2 % IoU), the token self-attention
-  (cost ~1 %), the Gemm heads and the convolutions (ConvInteger has no kernel for the mask_downscaling conv).
+  (a 2xC MatMul on raw coordinates: quantizing it moves clicks), the token self-attention (it costs accuracy),
+  the Gemm heads and the convolutions (ConvInteger has no kernel for the mask_downscaling conv).
   uint8 rather than int8 weights: without VNNI, MLAS multiplies u8 x s8 with VPMADDUBSW, which saturates in
-  int16 and gave outliers (single clicks at IoU 0.2); u8 x u8 does not. Decoder ~3.2 -> ~2.2 ms,
-  mask IoU vs float >= 0.998.
+  int16 and gives outliers; u8 x u8 does not.
 * encoder.onnx: static QDQ int8 (``quantize_static``, per-channel int8 weights, reduce_range, uint8 activations,
   MinMax calibration on letterboxed real RGB images: the package's sample images plus flips and crops, or the
   caller's images).
   It is KEPT ONLY IF its masks agree with the float encoder's (mean IoU >= ``encoder_min_iou``, default 0.98,
   measured on the calibration images with the float decoder); otherwise the float encoder is copied and
-  config.json says why. For the shipped EfficientNet-Lite0 encoder the int8 encoder is ~30-50 % faster but
-  agrees only ~0.90-0.94 mean IoU (also tried: per-tensor weights, QOperator, uint8 weights, percentile
-  calibration, leaving the stem / neck / depthwise convs in float: none reached 0.98, partial quantization was
-  also slower), so the shipped model's int8 folder has a float encoder.
+  config.json says why. The shipped EfficientNet-Lite0 encoder does not reach that agreement, so the shipped
+  model's int8 folder has a float encoder.
 
 bf16: onnxruntime's CPU provider has no bf16 Conv/MatMul kernels, so bf16 runs on OpenVINO
 (:mod:`runtime_openvino`), chosen by :func:`choose_precision` where the CPU has bf16 units.
@@ -70,14 +67,11 @@ def choose_precision(requested: str, caps: dict | None = None, openvino: bool | 
     * "float", "int8": as asked ("int8" runs everywhere onnxruntime does; it is only faster with SIMD int8).
     * "bf16": the OpenVINO backend in bf16 (runtime_openvino); ValueError, with the reason, where the CPU has no
       avx512_bf16 / amx_bf16 or the openvino package is missing.
-    * "auto": "bf16" where the CPU has bf16 units (AMX or AVX512-BF16) and openvino is installed (measured with
-      AMX: encoder ~2x, decoder ~2x faster than onnxruntime float, masks agree with float at mean IoU 0.985,
-      mIoU@1 +0.1 points on CamVid val; with AVX512-BF16 only (AMD Zen 4): encoder 2.6 -> 1.8 ms, decoder 2.3 ->
-      1.0 ms, faster than int8's 1.6 ms; BENCHMARKS.md); else
-      "int8" when the CPU has at least AVX2 (AVX2 has int8 dot products; AVX512-VNNI / AVX-VNNI / AMX only make
-      int8 faster); else "float". Measured on an AVX2-only CPU: the int8 decoder is ~30 % faster per click at
-      mask IoU >= 0.998 against float. Whether the int8 ENCODER is used is decided when the folder is made (see
-      :func:`quantize_onnx_folder`).
+    * "auto": "bf16" where the CPU has bf16 units (AMX or AVX512-BF16) and openvino is installed (faster than
+      int8 there, at float's accuracy); else "int8" when the CPU has at least AVX2 (AVX2 has int8 dot products;
+      AVX512-VNNI / AVX-VNNI / AMX only make int8 faster; its decoder is faster than float's at nearly the same
+      masks); else "float". The figures: BENCHMARKS.md and docs/history.md. Whether the int8 ENCODER is used is
+      decided when the folder is made (see :func:`quantize_onnx_folder`).
     """
     if requested not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {requested!r}")

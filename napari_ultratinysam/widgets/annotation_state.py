@@ -598,9 +598,9 @@ BACKENDS = tuple(BACKEND_PRECISION)
 
 def default_backend(caps: dict | None = None, openvino: bool | None = None) -> str:
     """The annotator's start-up backend, from a quick capability check: "openvino bf16" where the CPU has bf16
-    units (AMX / AVX512-BF16) and openvino is installed (measured: encoder 1.5-2x and decoder 2x faster than
-    onnxruntime float, mIoU@1 on CamVid val as float's), else "onnxruntime" (float; "onnxruntime int8" stays a
-    choice: its graphs are made on first use)."""
+    units (AMX / AVX512-BF16) and openvino is installed (faster than onnxruntime float at float's accuracy:
+    docs/history.md), else "onnxruntime" (float; "onnxruntime int8" stays a choice: its graphs are made on first
+    use)."""
     from ..runtime_quant import choose_precision
 
     return "openvino bf16" if choose_precision("auto", caps, openvino) == "bf16" else "onnxruntime"
