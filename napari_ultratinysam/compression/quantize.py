@@ -80,9 +80,9 @@ def bounded_histograms(every: int = 4):
     """Keep MCT's activation histograms bounded in memory.
 
     MCT 2.5's HistogramCollector stores one 2048-bin histogram per collector per calibration batch and merges
-    them only at the end; with a batch-1 graph of ~5,000 collectors that is ~170 MB per image (128 images ran a
-    24 GB machine out of memory). This merges them every ``every`` batches with MCT's own merge (interpolation
-    onto common bins), so memory stays flat; restored afterwards.
+    them only at the end, so memory grows with every calibration image (enough to exhaust a large machine with
+    the deploy graph: docs/history.md). This merges them every ``every`` batches with MCT's own merge
+    (interpolation onto common bins), so memory stays flat; restored afterwards.
     """
     try:
         from model_compression_toolkit.core.common.collectors.histogram_collector import HistogramCollector
