@@ -225,8 +225,6 @@ def quantize_onnx_folder(src: str | Path, dst: str | Path, calibration: list[np.
     with the float encoder's at least this well on the calibration images (None: keep it regardless).
     config.json gets ``"precision": "int8"`` and a ``"quantization"`` record of what was done.
     """
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_dynamic, quantize_static)
     import onnxruntime
 
     src, dst = Path(src), Path(dst)
@@ -235,6 +233,14 @@ def quantize_onnx_folder(src: str | Path, dst: str | Path, calibration: list[np.
             raise FileNotFoundError(f"ONNX model folder {src}: {f} is missing (write it with utsam export-onnx)")
     meta = json.loads((src / "config.json").read_text())
     if meta.get("precision", "float") != "float":
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_dynamic,
+        quantize_static,
+    )
         raise ValueError(f"ONNX model folder {src}: already {meta['precision']}; quantize a float export")
     size = int(meta["model"]["image_size"])
     images = default_calibration_images() if calibration is None else list(calibration)
