@@ -226,13 +226,6 @@ def quantize_onnx_folder(src: str | Path, dst: str | Path, calibration: list[np.
     config.json gets ``"precision": "int8"`` and a ``"quantization"`` record of what was done.
     """
     import onnxruntime
-
-    src, dst = Path(src), Path(dst)
-    for f in ("encoder.onnx", "decoder.onnx", "config.json"):
-        if not (src / f).is_file():
-            raise FileNotFoundError(f"ONNX model folder {src}: {f} is missing (write it with utsam export-onnx)")
-    meta = json.loads((src / "config.json").read_text())
-    if meta.get("precision", "float") != "float":
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,
@@ -241,6 +234,13 @@ def quantize_onnx_folder(src: str | Path, dst: str | Path, calibration: list[np.
         quantize_dynamic,
         quantize_static,
     )
+
+    src, dst = Path(src), Path(dst)
+    for f in ("encoder.onnx", "decoder.onnx", "config.json"):
+        if not (src / f).is_file():
+            raise FileNotFoundError(f"ONNX model folder {src}: {f} is missing (write it with utsam export-onnx)")
+    meta = json.loads((src / "config.json").read_text())
+    if meta.get("precision", "float") != "float":
         raise ValueError(f"ONNX model folder {src}: already {meta['precision']}; quantize a float export")
     size = int(meta["model"]["image_size"])
     images = default_calibration_images() if calibration is None else list(calibration)
