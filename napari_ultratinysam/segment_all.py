@@ -245,7 +245,7 @@ def batched_decoder(predictor, model=None, batch_size: int = 64) -> BatchedDecod
     if name == "openvino":
         import openvino as ov
 
-        from .runtime_openvino import _compile, int8_matmul_weights
+        from .runtime_openvino import int8_matmul_weights
 
         core = ov.Core()
         requests: dict[int, object] = {}
@@ -256,8 +256,12 @@ def batched_decoder(predictor, model=None, batch_size: int = 64) -> BatchedDecod
                 m.reshape({"point_coords": [b, 1, 2], "point_labels": [b, 1]})
                 if backend.precision == "bf16":
                     int8_matmul_weights(m)
-                # snippets off: the fusion that miscompiles the static one-click graph in bf16 (runtime_openvino)
-                requests[b] = _compile(core, m, threads, backend.precision, snippets=False).create_infer_request()
+                # the backend's settings; snippets off: the fusion that miscompiles the static one-click graph in
+                # bf16 (runtime_openvino)
+                requests[b] = core.compile_model(m, "CPU", {
+                    "INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY",
+                    "INFERENCE_PRECISION_HINT": "bf16" if backend.precision == "bf16" else "f32",
+                    "SNIPPETS_MODE": "DISABLE"}).create_infer_request()
             return requests[b]
 
         sizes = sorted({min(batch_size, s) for s in (4, 16, batch_size)})
@@ -275,9 +279,15 @@ def batched_decoder(predictor, model=None, batch_size: int = 64) -> BatchedDecod
             return tuple(np.array(v)[:n] for v in out.to_tuple())
 
         return BatchedDecoder(run_ov, f"openvino {backend.precision}")
-    from .runtime import _session
+    import onnxruntime as ort
 
-    sess = _session(path, threads)
+    so = ort.SessionOptions()  # the onnx backend's settings
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
     def run_ort(feats, coords, labels):
         feed = {k: feats[k] for k in ("feat_s0", "feat_s1", "embed")}

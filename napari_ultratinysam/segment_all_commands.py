@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .cli import check_output_dir, nonnegative_int, positive_int
+from .parsers import check_output_dir, nonnegative_int, positive_int
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
