@@ -1,6 +1,8 @@
 """One checkpoint format: safetensors weights + the ModelConfig that built them (JSON in the metadata).
 
 Loading never unpickles anything. Writes are atomic. Every failure is one line naming the file and the problem.
+torch is imported on use (the ``[train]`` extra): the package's ONNX inference path imports this module for
+DEFAULT_CHECKPOINT without it.
 """
 from __future__ import annotations
 
@@ -9,9 +11,8 @@ import math
 import os
 from pathlib import Path
 
-import torch
-
 from .config import ModelConfig, from_dict, to_dict
+from .extras import require
 from .io_utils import atomic_path
 from .paths import DEFAULT_CHECKPOINT
 
@@ -92,6 +93,8 @@ def validate_model_config(cfg: ModelConfig, where: str) -> None:
 
 
 def _check_finite(sd: dict[str, torch.Tensor], path: Path) -> None:
+    import torch
+
     for k, v in sd.items():
         if v.is_floating_point() and not bool(torch.isfinite(v).all()):
             raise CheckpointError(f"checkpoint {path}: weight {k} has NaN or infinite values; the file is "
@@ -100,6 +103,7 @@ def _check_finite(sd: dict[str, torch.Tensor], path: Path) -> None:
 
 def read_checkpoint(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor], dict]:
     """-> (config, state dict, extra metadata). Raises CheckpointError with one clear line."""
+    require("torch", "reading a .safetensors checkpoint")
     from safetensors import safe_open
 
     path = Path(path)
@@ -141,6 +145,7 @@ def load_model(path: str | Path | None = None, config: ModelConfig | None = None
     ``path=None`` loads the shipped default weights (paths.DEFAULT_CHECKPOINT, inside the package).
     ``config`` (optional) must match the checkpoint's architecture.
     """
+    require("torch", "loading a checkpoint into the torch model")
     from .network.build import build_model
 
     path = Path(path) if path is not None else DEFAULT_CHECKPOINT

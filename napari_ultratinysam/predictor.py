@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Callable, Hashable
 
 import numpy as np
-import torch
 
 from .transforms import Geometry, logits_to_image, prepare_image, to_rgb_uint8
 
@@ -160,8 +159,6 @@ class Predictor:
         runs the float graphs on OpenVINO (runtime_openvino). If int8 or bf16 fails to load, a warning is logged
         and onnxruntime float is used. ``_onnx_folder(precision)``: the cached folder (from_checkpoint keys it by
         the checkpoint file's hash)."""
-        from .runtime_quant import choose_precision
-
         if backend not in ("torch", "onnx"):
             raise ValueError(f"backend must be 'torch' or 'onnx', got {backend!r}")
         if backend == "torch":
@@ -170,32 +167,41 @@ class Predictor:
             from .runtime import TorchBackend
 
             return cls(TorchBackend(model, threads=threads), **kw)
+
+        def cached(prec: str) -> Path:
+            from .runtime_quant import onnx_folder_for_model
+
+            return _onnx_folder(prec) if _onnx_folder is not None else onnx_folder_for_model(model, prec)
+
+        return cls._from_onnx_folders(cached, lambda: model, threads, precision, **kw)
+
+    @classmethod
+    def _from_onnx_folders(cls, folder_for: Callable[[str], Path], model_fn: Callable[[], object], threads: int,
+                           precision: str, **kw) -> "Predictor":
+        """The onnx backend on ``folder_for(precision)`` ("float" or "int8"); ``model_fn()`` gives the model to
+        export for this session only when the float folder cannot be cached (it is called only then: torch)."""
         import logging
 
         from .runtime import OnnxBackend, export_onnx
+        from .runtime_quant import choose_precision
 
         def fallback(what: str, e: Exception) -> None:  # reduced precision is an optimisation: never fail a load
             logging.getLogger(__name__).warning("%s (%s); using float ONNX", what,
                                                 str(e).splitlines()[0] if str(e) else type(e).__name__)
 
-        from .runtime_quant import onnx_folder_for_model
-
-        def cached(prec: str) -> Path:
-            return _onnx_folder(prec) if _onnx_folder is not None else onnx_folder_for_model(model, prec)
-
         chosen = choose_precision(precision)
         if chosen == "int8":
             try:
-                return cls(OnnxBackend(cached("int8"), threads=threads), **kw)
+                return cls(OnnxBackend(folder_for("int8"), threads=threads), **kw)
             except Exception as e:  # noqa: BLE001
                 fallback("int8 quantization failed", e)
         try:
-            folder = cached("float")
+            folder = folder_for("float")
         except OSError as e:  # e.g. no writable cache folder: export for this session only
             import tempfile
 
             logging.getLogger(__name__).warning("ONNX cache not usable (%s); exporting to a temporary folder", e)
-            folder = export_onnx(model, Path(tempfile.mkdtemp(prefix="utsam-onnx-")))
+            folder = export_onnx(model_fn(), Path(tempfile.mkdtemp(prefix="utsam-onnx-")))
         if chosen == "bf16":  # the float graphs, run by OpenVINO in bf16
             from .runtime_openvino import OpenVinoBackend
 
@@ -208,21 +214,37 @@ class Predictor:
     @classmethod
     def from_checkpoint(cls, path: str | Path, backend: str = "torch", precision: str = "float",
                         **kw) -> "Predictor":
-        from .checkpoints import load_model
+        """A .safetensors checkpoint. With ``backend="onnx"`` the checkpoint is loaded (torch) only when its ONNX
+        folder is not cached yet (runtime_quant.onnx_folder_for_checkpoint, keyed by the file's hash; the shipped
+        weights' folder ships with them)."""
+        from .checkpoints import CheckpointError, load_model
+
+        if backend != "onnx":
+            return cls.from_model(load_model(path), backend=backend, precision=precision, **kw)
+        if not Path(path).is_file():
+            raise CheckpointError(f"checkpoint {path}: file not found")
+        threads = kw.pop("threads", 1)
 
         def onnx_folder(prec: str) -> Path:  # cached by the checkpoint file's hash
             from .runtime_quant import onnx_folder_for_checkpoint
 
             return onnx_folder_for_checkpoint(path, prec)
 
-        return cls.from_model(load_model(path), backend=backend, precision=precision, _onnx_folder=onnx_folder,
-                              **kw)
+        return cls._from_onnx_folders(onnx_folder, lambda: load_model(path), threads, precision, **kw)
 
     @classmethod
     def from_default(cls, backend: str = "torch", precision: str = "float", **kw) -> "Predictor":
-        """The shipped default weights (napari_ultratinysam/weights/ultratinysam.safetensors)."""
+        """The shipped default weights (napari_ultratinysam/weights/ultratinysam.safetensors). The onnx backend
+        runs their shipped float graphs (weights/onnx; int8 is quantized from them once and cached), so neither
+        needs torch; ``backend="torch"`` without torch installed runs those graphs on onnxruntime (same masks)."""
         from .checkpoints import DEFAULT_CHECKPOINT
 
+        if backend == "torch" and precision == "float":
+            from .extras import available
+            from .runtime_quant import shipped_onnx_folder
+
+            if not available("torch") and shipped_onnx_folder() is not None:
+                backend = "onnx"
         return cls.from_checkpoint(DEFAULT_CHECKPOINT, backend=backend, precision=precision, **kw)
 
     @classmethod
@@ -365,13 +387,10 @@ class Predictor:
         order = np.argsort(-rank, kind="stable")
         logits, iou = np.ascontiguousarray(logits[order], dtype=np.float32), iou[order]
         empty = self.cfg.gate_by_object_score and obj <= 0
-        threads = getattr(self.backend, "threads", 1) or 1
 
         def render(i: int) -> np.ndarray:
             if empty:
                 return np.zeros((geo.orig_h, geo.orig_w), dtype=bool)
-            if torch.get_num_threads() != threads:  # per thread: the GUI's worker thread starts at the default
-                torch.set_num_threads(threads)
             return self.upsample_masks(logits[i:i + 1], geo)[0]
 
         return Prediction(iou, logits, obj, render=render,
@@ -410,7 +429,7 @@ class Predictor:
         if box is None:
             return out
         x0, y0, x1, y1 = box
-        region = logits_to_image(lowres, geo, box).numpy()
+        region = np.asarray(logits_to_image(lowres, geo, box))
         out[:, y0:y1, x0:x1] = region > 0
         return out
 
@@ -465,8 +484,8 @@ class Predictor:
         if len(iy) and len(ix):
             box = (int(xs[ix[0]]), int(ys[iy[0]]), int(xs[ix[-1]]) + 1, int(ys[iy[-1]]) + 1)
             crop_geo = Geometry(cy1 - cy0, cx1 - cx0, geo.size)
-            region = logits_to_image(sub.lowres, crop_geo, (box[0] - cx0, box[1] - cy0, box[2] - cx0,
-                                                            box[3] - cy0)).numpy()
+            region = np.asarray(logits_to_image(sub.lowres, crop_geo, (box[0] - cx0, box[1] - cy0, box[2] - cx0,
+                                                                       box[3] - cy0)))
             out[:, iy[0]:iy[-1] + 1, ix[0]:ix[-1] + 1] = region[:, (ys[iy] - box[1]).astype(int)][
                 :, :, (xs[ix] - box[0]).astype(int)]
         return out

@@ -9,6 +9,8 @@
   A folder written by ``runtime_quant.quantize_onnx_folder`` (config.json ``"precision": "int8"``) loads the same
   way; ``OnnxBackend.precision`` says which it is.
 * FlipAveragedBackend: any of these, averaged over the image and its mirror image (opt-in, twice the time).
+
+torch is imported only by TorchBackend and export_onnx (the ``[train]`` extra): the ONNX backends run without it.
 """
 from __future__ import annotations
 
@@ -16,7 +18,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from .config import ModelConfig, from_dict, to_dict
 from .io_utils import atomic_path, atomic_write_json
@@ -25,12 +26,16 @@ ENCODER_OUTPUTS = ("feat_s0", "feat_s1", "embed")
 DECODER_OUTPUTS = ["lowres_logits", "iou_predictions", "object_score_logits"]
 NOMASK_DECODER = "decoder_nomask.onnx"  # the decoder for prompts without a mask input (optional in a folder)
 EXPORT_FORMAT = 1  # written to config.json; bump when export_onnx writes other graphs (cached folders are rebuilt)
+SHARED_WEIGHTS = "decoder_weights.bin"  # the two decoders' weights, stored once (share_decoder_weights)
 
 
 class TorchBackend:
     name = "torch"
 
     def __init__(self, model, threads: int | None = 1):
+        from .extras import require
+
+        require("torch", "the torch backend")
         self.model = model.eval()
         self.cfg: ModelConfig = model.cfg
         self.threads = threads
@@ -38,15 +43,21 @@ class TorchBackend:
         self.lowres_size = self.cfg.image_size // 4
 
     def _threads(self):
+        import torch
+
         if self.threads:
             torch.set_num_threads(self.threads)
 
-    def encode(self, x: np.ndarray) -> dict[str, torch.Tensor]:
+    def encode(self, x: np.ndarray):
+        import torch
+
         self._threads()
         with torch.inference_mode():
             return self.model.encode(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
 
     def decode(self, feats, coords: np.ndarray, labels: np.ndarray, mask_input: np.ndarray | None):
+        import torch
+
         self._threads()
         with torch.inference_mode():
             m = None if mask_input is None else torch.from_numpy(mask_input.reshape(1, 1, *mask_input.shape[-2:]))
@@ -121,9 +132,15 @@ def read_onnx_folder(folder: Path) -> tuple[ModelConfig, str]:
     try:
         meta = json.loads((folder / "config.json").read_text())
         # precision: "int8" for runtime_quant folders
-        return from_dict(ModelConfig, meta["model"]), str(meta.get("precision", "float"))
+        cfg, precision = from_dict(ModelConfig, meta["model"]), str(meta.get("precision", "float"))
+        external = [str(f) for f in meta.get("external_data", [])]
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise ValueError(f"ONNX model folder {folder}: config.json is not valid ({e})") from None
+    for f in external:  # weights stored beside the graphs: a bare file name of this folder
+        if Path(f).name != f or f in ("", ".", "..") or not (folder / f).is_file():
+            raise FileNotFoundError(f"ONNX model folder {folder}: config.json field external_data: {f!r} is missing "
+                                    "or not a file name of the folder")
+    return cfg, precision
 
 
 class OnnxBackend:
@@ -165,25 +182,73 @@ class OnnxBackend:
         return logits[0], iou[0], float(obj[0, 0])
 
 
-class _EncoderWrapper(torch.nn.Module):
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
+def share_decoder_weights(folder: str | Path, min_bytes: int = 1024) -> Path:
+    """Store the weights of ``decoder.onnx`` and ``decoder_nomask.onnx`` once, in ``SHARED_WEIGHTS`` beside them
+    (ONNX external data, which onnxruntime and OpenVINO read): the two graphs hold the same large tensors, and a
+    shipped folder need not carry them twice. Tensors under ``min_bytes`` stay inside the graphs. config.json
+    lists the file under ``external_data``. Returns the folder."""
+    import hashlib
 
-    def forward(self, image):
-        f = self.model.encode(image)
-        return tuple(f[k] for k in ENCODER_OUTPUTS if k in f)
+    import onnx
+    from onnx import numpy_helper
+
+    folder = Path(folder)
+    graphs = [n for n in ("decoder.onnx", NOMASK_DECODER) if (folder / n).is_file()]
+    models = {n: onnx.load(str(folder / n)) for n in graphs}
+    where: dict[tuple, tuple[int, int]] = {}  # (type, dims, sha256) -> (offset, length) in the shared file
+    with atomic_path(folder / SHARED_WEIGHTS) as tmp, open(tmp, "wb") as f:
+        for model in models.values():
+            for t in model.graph.initializer:
+                raw = t.raw_data or numpy_helper.to_array(t).tobytes()
+                if len(raw) < min_bytes:
+                    continue
+                key = (t.data_type, tuple(t.dims), hashlib.sha256(raw).hexdigest())
+                if key not in where:
+                    f.write(b"\0" * (-f.tell() % 64))  # aligned tensors
+                    where[key] = (f.tell(), len(raw))
+                    f.write(raw)
+                offset, length = where[key]
+                t.ClearField("raw_data")
+                for field in ("float_data", "int32_data", "int64_data", "double_data", "uint64_data"):
+                    t.ClearField(field)
+                t.data_location = onnx.TensorProto.EXTERNAL
+                del t.external_data[:]
+                for k, v in (("location", SHARED_WEIGHTS), ("offset", str(offset)), ("length", str(length))):
+                    entry = t.external_data.add()
+                    entry.key, entry.value = k, v
+    for name, model in models.items():
+        with atomic_path(folder / name) as tmp:
+            onnx.save(model, str(tmp))
+    meta = json.loads((folder / "config.json").read_text())
+    atomic_write_json(folder / "config.json", {**meta, "external_data": [SHARED_WEIGHTS]})
+    return folder
 
 
-class _DecoderWrapper(torch.nn.Module):
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
+def _export_wrappers():
+    """(encoder wrapper, decoder wrapper) module classes for export_onnx (made on use: they subclass torch's
+    Module, and this module must import without torch)."""
+    import torch
 
-    def forward(self, feat_s0, feat_s1, embed, point_coords, point_labels, mask_input=None, has_mask_input=None):
-        """Without the mask arguments: the no-mask decoder (dense prompt = the learned no-mask embedding)."""
-        feats = {"feat_s0": feat_s0, "feat_s1": feat_s1, "embed": embed}
-        return self.model.decode(feats, point_coords, point_labels, mask_input, has_mask_input)
+    class _EncoderWrapper(torch.nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, image):
+            f = self.model.encode(image)
+            return tuple(f[k] for k in ENCODER_OUTPUTS if k in f)
+
+    class _DecoderWrapper(torch.nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, feat_s0, feat_s1, embed, point_coords, point_labels, mask_input=None, has_mask_input=None):
+            """Without the mask arguments: the no-mask decoder (dense prompt = the learned no-mask embedding)."""
+            feats = {"feat_s0": feat_s0, "feat_s1": feat_s1, "embed": embed}
+            return self.model.decode(feats, point_coords, point_labels, mask_input, has_mask_input)
+
+    return _EncoderWrapper, _DecoderWrapper
 
 
 def export_onnx(model, out_dir: str | Path, opset: int = 17) -> Path:
@@ -194,6 +259,10 @@ def export_onnx(model, out_dir: str | Path, opset: int = 17) -> Path:
     """
     import warnings
 
+    from .extras import require
+
+    torch = require("torch", "ONNX export of a checkpoint")
+    _EncoderWrapper, _DecoderWrapper = _export_wrappers()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model = model.eval()

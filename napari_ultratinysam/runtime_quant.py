@@ -22,6 +22,10 @@ What the int8 folder holds (the measurements behind these choices, and what else
 
 bf16: onnxruntime's CPU provider has no bf16 Conv/MatMul kernels, so bf16 runs on OpenVINO
 (:mod:`runtime_openvino`), chosen by :func:`choose_precision` where the CPU has bf16 units.
+
+The shipped weights come with their float graphs (``weights/onnx``, :func:`shipped_onnx_folder`, written by
+:func:`write_shipped_onnx`): the default model loads without an export step and without torch, and its int8
+graphs are quantized from them.
 """
 from __future__ import annotations
 
@@ -36,9 +40,12 @@ from pathlib import Path
 import numpy as np
 
 from .io_utils import atomic_path, atomic_write_json
+from .paths import WEIGHTS_DIR
 from .runtime import NOMASK_DECODER
 
 log = logging.getLogger(__name__)
+
+SHIPPED_ONNX_DIR = WEIGHTS_DIR / "onnx"  # the shipped weights' float graphs (write_shipped_onnx)
 
 PRECISIONS = ("auto", "float", "int8", "bf16")
 QUANT_FORMAT = 2  # bump when the quantization recipe changes: cached folders of an older recipe are rebuilt
@@ -291,8 +298,28 @@ def quantize_onnx_folder(src: str | Path, dst: str | Path, calibration: list[np.
         if not keep:
             log.info("int8 encoder kept in float: mask IoU %.3f < %.3f on %d calibration images", agree,
                      encoder_min_iou, len(prepared))
+    meta.pop("external_data", None)  # the quantized graphs hold their own weights
+    for name in ("encoder.onnx", "decoder.onnx", NOMASK_DECODER):
+        if (dst / name).is_file():
+            _inline_external_data(dst / name)
     atomic_write_json(dst / "config.json", {**meta, "precision": "int8", "quantization": record})
     return dst
+
+
+def _inline_external_data(path: Path) -> None:
+    """Rewrite a graph whose tensors point at external data files (a float folder's shared decoder weights that a
+    quantization step left untouched) with those tensors inside it, so that the int8 folder stands alone."""
+    import onnx
+
+    m = onnx.load(str(path), load_external_data=False)
+    if not any(t.data_location == onnx.TensorProto.EXTERNAL for t in m.graph.initializer):
+        return
+    m = onnx.load(str(path))  # the external data, read from beside the graph
+    for t in m.graph.initializer:
+        t.data_location = onnx.TensorProto.DEFAULT
+        del t.external_data[:]
+    with atomic_path(path) as tmp:
+        onnx.save(m, str(tmp))
 
 
 # ---------------------------------------------------------------------------------------------- cache
@@ -337,11 +364,13 @@ def _is_complete(folder: Path, precision: str) -> bool:
 
 
 def cached_onnx_folder(key: str, model_fn, precision: str = "float",
-                       calibration: list[np.ndarray] | None = None) -> Path:
+                       calibration: list[np.ndarray] | None = None, float_folder: Path | None = None) -> Path:
     """The cached ONNX folder ``cache_root()/<key[:16]>/<precision>`` ("float": ``export_onnx``; "int8": export +
     :func:`quantize_onnx_folder`), made on first use and reused by later loads of the same weights.
 
-    ``model_fn()`` returns the model to export; it is only called when the folder has to be made. The folder is
+    ``model_fn()`` returns the model to export; it is only called when the folder has to be made, and not at all
+    for "int8" with ``float_folder`` (the float graphs of the same weights, quantized as they are: no torch). The
+    first build logs one message saying what it makes and where (it takes seconds to a minute). The folder is
     built next to its final place and renamed into it, so a crash never leaves a half-written cache entry and
     two processes racing both end up with a complete folder. A folder of an older export or quantization recipe
     is rebuilt. No network access is involved.
@@ -363,10 +392,15 @@ def cached_onnx_folder(key: str, model_fn, precision: str = "float",
     final.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{precision}-", dir=final.parent))
     try:
-        export_onnx(model_fn(), work / "float")
-        made = work / "float"
-        if precision == "int8":
-            made = quantize_onnx_folder(work / "float", work / "int8", calibration=calibration)
+        what = "exporting the ONNX graphs" if precision == "float" else "making the int8 ONNX graphs"
+        log.warning("%s of these weights once (later starts reuse them from %s)", what, final)
+        if precision == "int8" and float_folder is not None:
+            made = quantize_onnx_folder(float_folder, work / "int8", calibration=calibration)
+        else:
+            export_onnx(model_fn(), work / "float")
+            made = work / "float"
+            if precision == "int8":
+                made = quantize_onnx_folder(work / "float", work / "int8", calibration=calibration)
         if final.exists() and not _is_complete(final, precision):
             shutil.rmtree(final, ignore_errors=True)  # stale recipe or a broken entry
         try:
@@ -381,13 +415,19 @@ def cached_onnx_folder(key: str, model_fn, precision: str = "float",
 
 def onnx_folder_for_checkpoint(ckpt_path: str | Path, precision: str = "float",
                                calibration: list[np.ndarray] | None = None) -> Path:
-    """Cached ONNX folder for a checkpoint, keyed by the sha256 of the checkpoint file."""
+    """Cached ONNX folder for a checkpoint, keyed by the sha256 of the checkpoint file. For the shipped weights
+    (the same file contents) the float folder is the shipped one and the int8 folder is quantized from it, so
+    neither needs torch; any other checkpoint is loaded (torch) only when its folder has to be made."""
     from .checkpoints import load_model
 
     ckpt_path = Path(ckpt_path)
     if not ckpt_path.is_file():
         raise FileNotFoundError(f"checkpoint {ckpt_path}: file not found")
-    return cached_onnx_folder(_file_sha256(ckpt_path), lambda: load_model(ckpt_path), precision, calibration)
+    key = _file_sha256(ckpt_path)
+    shipped = shipped_onnx_folder(key)
+    if shipped is not None and precision == "float":
+        return shipped
+    return cached_onnx_folder(key, lambda: load_model(ckpt_path), precision, calibration, float_folder=shipped)
 
 
 def onnx_folder_for_model(model, precision: str = "float", calibration: list[np.ndarray] | None = None) -> Path:
@@ -401,3 +441,65 @@ def int8_folder_for_checkpoint(ckpt_path: str | Path, calibration: list[np.ndarr
 
 def int8_folder_for_model(model, calibration: list[np.ndarray] | None = None) -> Path:
     return onnx_folder_for_model(model, "int8", calibration)
+
+
+# ---------------------------------------------------------------------------------------------- shipped graphs
+_shipped_memo: dict[tuple, str] = {}
+
+
+def _weights_sha256(path: Path) -> str:
+    """sha256 of a weights file, remembered per (path, size, mtime): every load of the default model asks."""
+    st = path.stat()
+    k = (str(path), st.st_size, st.st_mtime_ns)
+    if k not in _shipped_memo:
+        _shipped_memo[k] = _file_sha256(path)
+    return _shipped_memo[k]
+
+
+def shipped_onnx_folder(weights_sha256: str | None = None, folder: Path = SHIPPED_ONNX_DIR) -> Path | None:
+    """The shipped float graphs, or None when they are absent, of an older export format, or of other weights
+    than the file whose sha256 is ``weights_sha256`` (default: the shipped checkpoint's): a stale folder is never
+    used, the caller exports instead."""
+    from .paths import DEFAULT_CHECKPOINT
+
+    if not _is_complete(folder, "float"):
+        return None
+    try:
+        meta = json.loads((folder / "config.json").read_text())
+        if weights_sha256 is None:
+            weights_sha256 = _weights_sha256(DEFAULT_CHECKPOINT)
+    except (OSError, ValueError):
+        return None
+    return folder if meta.get("weights_sha256") == weights_sha256 else None
+
+
+def write_shipped_onnx(ckpt_path: str | Path | None = None, out: str | Path = SHIPPED_ONNX_DIR) -> Path:
+    """Export the float graphs of ``ckpt_path`` (default: the shipped weights) into ``out`` for shipping: the
+    two decoders share one weights file (runtime.share_decoder_weights) and config.json records the checkpoint's
+    sha256, which :func:`shipped_onnx_folder` checks. Needs torch (the ``[train]`` extra); replaces ``out``."""
+    from .checkpoints import load_model
+    from .paths import DEFAULT_CHECKPOINT
+    from .runtime import export_onnx, share_decoder_weights
+
+    ckpt_path = Path(ckpt_path) if ckpt_path is not None else DEFAULT_CHECKPOINT
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=".onnx-", dir=out.parent))
+    try:
+        export_onnx(load_model(ckpt_path), work)
+        share_decoder_weights(work)
+        meta = json.loads((work / "config.json").read_text())
+        atomic_write_json(work / "config.json", {**meta, "weights_sha256": _file_sha256(ckpt_path),
+                                                 "weights_file": ckpt_path.name})
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(work, 0o777 & ~umask)  # mkdtemp made it private
+        old = out.with_name(f".{out.name}-old")
+        shutil.rmtree(old, ignore_errors=True)
+        if out.exists():
+            os.rename(out, old)
+        os.rename(work, out)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return out

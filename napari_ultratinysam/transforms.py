@@ -5,21 +5,21 @@ bottom/right to ``size x size``, scaled to [0, 1] and normalised with the ImageN
 Prompt coordinates in the public API are image pixels (x = column, y = row); model coordinates are pixels of the
 resized (unpadded) image. A pixel centre at image coordinate x maps to x * scale (SAM convention; the prompt
 encoder adds 0.5 itself).
+
+Everything here is numpy: the inference path (onnxruntime / OpenVINO) runs without torch. ``normalize`` and
+``_bilinear_weights`` keep their torch results for training and the IMX500 code, and import torch only when called.
 """
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 PIXEL_MEAN = (0.485, 0.456, 0.406)
 PIXEL_STD = (0.229, 0.224, 0.225)
 
-# Images with more values than this are converted and resized without a float copy of the whole image (a huge
-# image must not need several times its own size in memory to make a 128-pixel model input).
+# Images with more values than this are converted without a float copy of the whole image (a huge image must not
+# need several times its own size in memory to make a 128-pixel model input; the resize never makes one).
 LARGE_IMAGE_VALUES = 1 << 26
 _CHUNK_VALUES = 1 << 22  # values per block of the blockwise conversion
 
@@ -114,33 +114,57 @@ def _scale_to_uint8(a: np.ndarray, name: str) -> np.ndarray:
 
 
 def resize_uint8(image: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
-    """Bilinear (antialiased when shrinking) resize of an (H, W, C) uint8 image with torch."""
-    if image.size > LARGE_IMAGE_VALUES and image.dtype == np.uint8:
-        # torch resizes uint8 directly (fixed point, within 1 of the float result): no float copy of a huge image,
-        # and a read-only array (np.asarray of a PIL image) is only read, so it is not copied either
-        src = image if image.flags.c_contiguous else np.ascontiguousarray(image)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # "non-writable array": it is never written here
-            t = torch.from_numpy(src).permute(2, 0, 1)[None]
-        t = F.interpolate(t, size=hw, mode="bilinear", align_corners=False, antialias=True)
-        return t[0].permute(1, 2, 0).contiguous().numpy()
-    a = image if (image.flags.writeable and image.flags.c_contiguous) else np.array(image)
-    t = torch.from_numpy(a).permute(2, 0, 1)[None].float()
-    t = F.interpolate(t, size=hw, mode="bilinear", align_corners=False, antialias=True)
-    return t[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
+    """Bilinear (antialiased when shrinking) resize of an (H, W, C) or (H, W) uint8 image.
+
+    Pillow's BILINEAR resize: the triangle filter widened to the scale when shrinking, which torch's
+    ``F.interpolate(mode="bilinear", align_corners=False, antialias=True)`` copies, in fixed point (within 1 grey
+    level of torch's float result). The horizontal pass runs on strips of rows, so a huge image is never copied
+    whole; the vertical pass then runs on the narrow intermediate.
+    """
+    from PIL import Image
+
+    a = np.asarray(image)
+    if a.dtype != np.uint8:
+        raise ValueError(f"resize: expected a uint8 image, got {a.dtype}")
+    h, w = int(hw[0]), int(hw[1])
+    if h < 1 or w < 1:
+        raise ValueError(f"resize: output size must be positive, got {tuple(hw)}")
+    if a.ndim == 3 and a.shape[2] != 3:  # one channel at a time: Pillow premultiplies RGBA by its alpha
+        return np.stack([resize_uint8(a[..., c], (h, w)) for c in range(a.shape[2])], axis=2)
+    if a.ndim not in (2, 3):
+        raise ValueError(f"resize: expected an (H, W[, C]) image, got shape {a.shape}")
+    H, W = a.shape[:2]
+
+    def pil(x: np.ndarray, out_h: int) -> np.ndarray:  # Pillow skips the pass whose size does not change
+        return np.asarray(Image.fromarray(np.ascontiguousarray(x)).resize((w, out_h), Image.Resampling.BILINEAR))
+
+    x = a
+    if w != W:
+        rows = max(1, _CHUNK_VALUES // max(1, a[0].size))
+        parts = [pil(a[r:r + rows], min(rows, H - r)) for r in range(0, H, rows)]
+        x = parts[0] if len(parts) == 1 else np.concatenate(parts)
+    if h != H:
+        x = pil(x, h)
+    return np.array(x, dtype=np.uint8)  # writable, and a copy when nothing was resized
 
 
 def resize_mask(mask: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
-    """Nearest-neighbour resize of (H, W) or (N, H, W) masks/labels (any integer or bool dtype)."""
+    """Nearest-neighbour resize of (H, W) or (N, H, W) masks/labels (any integer or bool dtype): torch's
+    ``mode="nearest-exact"`` (source index floor((i + 0.5) * in / out), in float32 like torch)."""
     m = np.asarray(mask)
     squeeze = m.ndim == 2
     if squeeze:
         m = m[None]
-    dtype = m.dtype
-    t = torch.from_numpy(m.astype(np.float32))[None]
-    t = F.interpolate(t, size=hw, mode="nearest-exact")
-    out = t[0].numpy().astype(dtype)
+    iy = _nearest_exact_index(m.shape[1], int(hw[0]))
+    ix = _nearest_exact_index(m.shape[2], int(hw[1]))
+    out = m[:, iy][:, :, ix]
     return out[0] if squeeze else out
+
+
+def _nearest_exact_index(n_in: int, n_out: int) -> np.ndarray:
+    scale = np.float32(n_in) / np.float32(n_out)
+    src = ((np.arange(n_out, dtype=np.float64) + 0.5) * np.float64(scale)).astype(np.float32)
+    return np.minimum(np.floor(src).astype(np.int64), n_in - 1)
 
 
 def letterbox(image_rgb: np.ndarray, size: int = 128) -> tuple[np.ndarray, Geometry]:
@@ -164,8 +188,23 @@ def letterbox_masks(masks: np.ndarray, size: int = 128) -> np.ndarray:
     return out
 
 
-def normalize(batch_uint8_hwc: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """(H, W, 3) or (B, H, W, 3) uint8 -> (B, 3, H, W) float32 ImageNet-normalised tensor."""
+def normalize_np(batch_uint8_hwc: np.ndarray) -> np.ndarray:
+    """(H, W, 3) or (B, H, W, 3) uint8 -> (B, 3, H, W) float32 ImageNet-normalised array (the same float32
+    arithmetic as :func:`normalize`)."""
+    a = np.asarray(batch_uint8_hwc)
+    if a.ndim == 3:
+        a = a[None]
+    t = a.transpose(0, 3, 1, 2).astype(np.float32) / np.float32(255.0)
+    mean = np.asarray(PIXEL_MEAN, np.float32).reshape(1, 3, 1, 1)
+    std = np.asarray(PIXEL_STD, np.float32).reshape(1, 3, 1, 1)
+    return np.ascontiguousarray((t - mean) / std)
+
+
+def normalize(batch_uint8_hwc):
+    """(H, W, 3) or (B, H, W, 3) uint8 array or tensor -> (B, 3, H, W) float32 ImageNet-normalised torch tensor
+    (on the input's device): the training and export side; inference uses :func:`normalize_np`."""
+    import torch
+
     t = torch.as_tensor(batch_uint8_hwc)
     if t.ndim == 3:
         t = t[None]
@@ -179,39 +218,45 @@ def prepare_image(image: np.ndarray, size: int = 128) -> tuple[np.ndarray, Geome
     """Any supported image -> ((1, 3, size, size) float32 normalised model input, Geometry)."""
     rgb = to_rgb_uint8(image)
     boxed, geo = letterbox(rgb, size)
-    return normalize(boxed).numpy(), geo
+    return normalize_np(boxed), geo
 
 
-def _bilinear_weights(n_out: int, start: int, scale: float, n_in: int) -> torch.Tensor:
-    """(n_out, n_in) bilinear weights sampling output pixel centres start..start+n_out-1 from an input grid of
-    n_in cells, where one output pixel is ``scale`` input cells (align_corners=False, border clamped)."""
-    u = (torch.arange(start, start + n_out, dtype=torch.float32) + 0.5) * scale - 0.5
-    u = u.clamp(0, n_in - 1)
-    i0 = u.floor().long().clamp(max=n_in - 1)
-    i1 = (i0 + 1).clamp(max=n_in - 1)
-    w1 = u - i0.float()
-    w = torch.zeros(n_out, n_in)
-    rows = torch.arange(n_out)
-    w.index_put_((rows, i0), 1 - w1, accumulate=True)
-    w.index_put_((rows, i1), w1, accumulate=True)
+def bilinear_weights(n_out: int, start: int, scale: float, n_in: int) -> np.ndarray:
+    """(n_out, n_in) float32 bilinear weights sampling output pixel centres start..start+n_out-1 from an input
+    grid of n_in cells, where one output pixel is ``scale`` input cells (align_corners=False, border clamped)."""
+    u = (np.arange(start, start + n_out, dtype=np.float32) + np.float32(0.5)) * np.float32(scale) - np.float32(0.5)
+    u = np.clip(u, 0, n_in - 1)
+    i0 = np.minimum(np.floor(u).astype(np.int64), n_in - 1)
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    w1 = u - i0.astype(np.float32)
+    w = np.zeros((n_out, n_in), np.float32)
+    rows = np.arange(n_out)
+    np.add.at(w, (rows, i0), 1 - w1)
+    np.add.at(w, (rows, i1), w1)
     return w
 
 
-def logits_to_image(lowres: np.ndarray | torch.Tensor, geo: Geometry,
-                    crop_box: tuple[int, int, int, int] | None = None) -> torch.Tensor:
-    """(K, h, w) low-res logits over the padded model square -> (K, H, W) logits at image resolution.
+def _bilinear_weights(n_out: int, start: int, scale: float, n_in: int):
+    """:func:`bilinear_weights` as a torch tensor (for the torch-side IMX500 code)."""
+    import torch
+
+    return torch.from_numpy(bilinear_weights(n_out, start, scale, n_in))
+
+
+def logits_to_image(lowres, geo: Geometry, crop_box: tuple[int, int, int, int] | None = None) -> np.ndarray:
+    """(K, h, w) low-res logits over the padded model square -> (K, H, W) float32 logits at image resolution.
 
     One bilinear sampling per output pixel: each image pixel centre is mapped to the low-res grid (the padding
     is never sampled as valid area), computed as two small matrix products (separable bilinear weights). With
     ``crop_box = (x0, y0, x1, y1)`` only that image region is produced, so the work is proportional to the
-    region, not the image.
+    region, not the image. ``lowres`` may be an array or a (CPU) torch tensor; the result is a numpy array.
     """
-    t = torch.as_tensor(lowres, dtype=torch.float32)
+    t = np.asarray(lowres, dtype=np.float32)
     if t.ndim == 2:
         t = t[None]
     k, h, w = t.shape
     x0, y0, x1, y1 = crop_box if crop_box is not None else (0, 0, geo.orig_w, geo.orig_h)
     nh, nw = geo.new_hw
-    wy = _bilinear_weights(y1 - y0, y0, (nh / geo.orig_h) * h / geo.size, h)
-    wx = _bilinear_weights(x1 - x0, x0, (nw / geo.orig_w) * w / geo.size, w)
-    return wy @ t @ wx.T
+    wy = bilinear_weights(y1 - y0, y0, (nh / geo.orig_h) * h / geo.size, h)
+    wx = bilinear_weights(x1 - x0, x0, (nw / geo.orig_w) * w / geo.size, w)
+    return np.matmul(np.matmul(wy, t), wx.T)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up everything on a fresh Debian/Ubuntu machine (Python 3.10-3.12): X libraries for napari's tests under
-# Xvfb, a virtual environment in .venv with the package, its test tools and the IMX500 toolchain.
+# Xvfb, a virtual environment in .venv with the package and every extra: training (torch), the IMX500 toolchain,
+# the test tools and napari's PyQt5 binding (a light annotate-only install is `pip install .[pyqt6]`: README).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SUDO=""
@@ -16,5 +17,5 @@ fi
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q -U pip
-.venv/bin/python -m pip install -q -e ".[dev,imx500]"
+.venv/bin/python -m pip install -q -e ".[train,imx500,dev,pyqt5]"
 echo "setup done: $(.venv/bin/python -c 'import torch, napari_ultratinysam as u; print("torch", torch.__version__, "utsam", u.__version__)')"
