@@ -119,6 +119,12 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # an unexpected failure: still one line, the traceback on request
         if args.debug:
             raise
+        from .extras import as_missing_extra
+
+        missing = as_missing_extra(e)  # an optional extra (torch: [train]) is not installed
+        if missing is not None:
+            print(f"{prog}: error: {missing}", file=sys.stderr)
+            return EXIT_USER_ERROR
         print(f"{prog}: internal error: {type(e).__name__}: {describe_error(e)} "
               f"(rerun with --debug for the traceback)", file=sys.stderr)
         return EXIT_INTERNAL_ERROR

@@ -40,7 +40,7 @@ def missing_extra_message(module: str, what: str | None = None) -> str | None:
     extra = EXTRA_OF.get(top)
     if extra is None:
         return None
-    need = f"{what} needs" if what else "this needs"
+    need = f"{what} needs" if what else "needs"
     return f"{need} {top}, which is not installed: it comes with the [{extra}] extra ({install_hint(extra)})"
 
 

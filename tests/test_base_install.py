@@ -100,11 +100,13 @@ def test_predictor_and_segment_run_without_torch(no_torch_env, tmp_path):
 
 def test_commands_that_need_torch_name_the_extra(no_torch_env, tmp_path):
     """Without torch, a command that needs it fails with one line naming the [train] extra (exit code 2)."""
-    r = subprocess.run([sys.executable, "-m", "napari_ultratinysam.cli", "export-onnx", "-o", str(tmp_path / "x")],
-                       capture_output=True, text=True, cwd=tmp_path, env=no_torch_env, timeout=300)
-    lines = r.stderr.strip().splitlines()
-    assert r.returncode == 2 and len(lines) == 1, r.stderr[-2000:]
-    assert "torch" in lines[0] and "[train]" in lines[0] and "pip install" in lines[0]
+    for args in (["export-onnx", "-o", str(tmp_path / "x")], ["info"]):  # a checked import, a plain one
+        r = subprocess.run([sys.executable, "-m", "napari_ultratinysam.cli", *args], capture_output=True, text=True,
+                           cwd=tmp_path, env=no_torch_env, timeout=300)
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 2 and len(lines) == 1, r.stderr[-2000:]
+        assert lines[0].startswith(f"utsam {args[0]}: error:") and "internal error" not in lines[0]
+        assert "torch" in lines[0] and "[train]" in lines[0] and "pip install" in lines[0]
     r = run_py("""
         from napari_ultratinysam import Predictor
         from napari_ultratinysam.extras import MissingExtraError
