@@ -45,7 +45,7 @@ import numpy as np
 import torch
 
 from ..predictor import Prediction, Predictor, as_points
-from ..transforms import _bilinear_weights, resize_uint8, to_rgb_uint8
+from ..transforms import bilinear_weights, resize_uint8, to_rgb_uint8
 from .deploy_graph import BakedPrompt, DeployGraph, make_prompt, to_graph_input
 
 log = logging.getLogger(__name__)
@@ -330,9 +330,9 @@ class DevicePredictor:
         if box is None or not (logits > 0).any():
             return out
         x0, y0, x1, y1 = box
-        wy = _bilinear_weights(y1 - y0, y0 - roi.y0, lh / roi.h, lh)
-        wx = _bilinear_weights(x1 - x0, x0 - roi.x0, lw / roi.w, lw)
-        region = (wy @ torch.from_numpy(np.ascontiguousarray(logits, np.float32)) @ wx.T).numpy()
+        wy = bilinear_weights(y1 - y0, y0 - roi.y0, lh / roi.h, lh)
+        wx = bilinear_weights(x1 - x0, x0 - roi.x0, lw / roi.w, lw)
+        region = np.matmul(np.matmul(wy, np.ascontiguousarray(logits, np.float32)), wx.T)
         out[:, y0:y1, x0:x1] = region > 0
         return out
 
