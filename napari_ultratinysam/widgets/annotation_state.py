@@ -403,6 +403,46 @@ class AnnotationModel:
         self._push(edit)
         return oid, region
 
+    def commit_many(self, masks: Sequence[np.ndarray], class_index: int, plane: tuple = (),
+                    overwrite: bool = False) -> tuple[list[int], tuple]:
+        """Write ``masks`` as new objects of ``class_index``, in order, as ONE undo step (accepting every
+        proposal). A mask left empty by the ones before it (or by existing objects, without ``overwrite``) is
+        skipped. Returns (new ids, region touched); raises ValueError if nothing would be written."""
+        self._check_class(class_index)
+        masks = [np.asarray(m, dtype=bool) for m in masks]
+        shape = self.labels.shape[len(plane):]
+        bb = None
+        for m in masks:
+            if m.shape != shape:
+                raise ValueError(f"commit: mask shape {m.shape} does not match the annotations {self.labels.shape}")
+            bb = _union(bb, mask_bbox(m))
+        if bb is None:
+            raise ValueError("commit: the masks are empty")
+        region = plane + bb
+        cur = self.labels[region]
+        old = cur.copy()
+        ids: list[int] = []
+        nid = self.new_id()
+        for m in masks:
+            m = m[bb] & (True if overwrite else cur == 0)
+            if overwrite:
+                m &= ~np.isin(cur, ids)  # an earlier mask of this batch keeps its pixels
+            if not m.any():
+                continue
+            if nid > np.iinfo(self.labels.dtype).max:
+                raise ValueError(f"annotations: no free instance id left in dtype {self.labels.dtype}")
+            cur[m] = nid
+            ids.append(nid)
+            nid += 1
+        if not ids:
+            raise ValueError("commit: every pixel of the masks already belongs to an object (enable overwrite)")
+        changed = cur != old
+        self.object_class.update({oid: int(class_index) for oid in ids})
+        self._push(Edit("commit", ids[0], region, changed, old[changed], cur[changed].copy(),
+                        classes_before={oid: None for oid in ids},
+                        classes_after={oid: int(class_index) for oid in ids}))
+        return ids, region
+
     def set_planes(self, object_id: int, masks: dict[int, np.ndarray], overwrite: bool = False) -> tuple | None:
         """Make ``masks`` ({plane index: (H, W) bool}) the pixels of an existing object on those planes of a stack
         (a propagation): its other pixels there are cleared; without ``overwrite`` other objects' pixels are kept.

@@ -3,7 +3,7 @@
 Thin by design: it turns mouse/keyboard/widget events into calls on the pure helpers in ``annotation_state`` and on
 the predictor, which runs only on the ``LatestRequestWorker`` thread. Layers it manages (created once per chosen
 image, then updated in place): ``prompts`` (Points), ``box`` (Shapes), ``preview`` (Labels), ``annotations``
-(Labels).
+(Labels), and ``proposals`` (Labels) while "Propose objects" proposals are open.
 """
 from __future__ import annotations
 
@@ -39,8 +39,8 @@ from .annotation_state import (
     CLASS_PRESETS,
     DEFAULT_CLASSES,
     AnnotationModel,
-    ClassSpec,
     Candidates,
+    ClassSpec,
     PredictorSession,
     PredictorSpec,
     PreviewBuffer,
@@ -53,6 +53,7 @@ from .annotation_state import (
     preset_classes,
 )
 from .napari_compat import canvas_draw_event, refresh_labels_region
+from .proposals import ProposalSet
 from .workers import LatestRequestWorker
 
 if TYPE_CHECKING:
@@ -61,6 +62,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PROMPTS, BOX, PREVIEW, ANNOTATIONS = "prompts", "box", "preview", "annotations"
+PROPOSALS = "proposals"
 POSITIVE_COLOR = (0.1, 0.9, 0.2, 1.0)
 NEGATIVE_COLOR = (1.0, 0.15, 0.15, 1.0)
 PREVIEW_RGBA = (1.0, 0.85, 0.0, 1.0)
@@ -82,6 +84,8 @@ SHORTCUTS: tuple[tuple[str, str], ...] = (
     ("Ctrl+Z / Ctrl+Shift+Z", "undo / redo commit, delete, re-class"),
     ("H", "hover preview on/off"),
     ("Shift+P", "propagate the preview or the selected object through the stack (one undo step)"),
+    ("Y / N", "accept (selected class) / reject the proposal under the cursor (after Propose objects)"),
+    ("Shift+Y", "accept every open proposal (one undo step)"),
 )
 SHORTCUT_HELP = (
     "<b>Shortcuts</b> (with the <i>prompts</i> layer selected; with <i>annotations</i> selected napari's own "
@@ -106,6 +110,8 @@ class AnnotatorWidget(QWidget):
     committed = Signal(int)  # new object id
     propagated = Signal(int)  # object id carried to other slices (emitted after the labels changed)
     propagation_progress = Signal(int, int)  # slices done, slices in all (from the worker thread: queued)
+    proposals_updated = Signal(int)  # open proposals now shown (0: none)
+    proposal_progress = Signal(int, int)  # views done, views in all (from the worker thread: queued)
 
     def __init__(self, napari_viewer: "napari.viewer.Viewer", predictor: Any = None,
                  loader: Callable[[PredictorSpec], Any] = load_predictor,
@@ -137,6 +143,8 @@ class AnnotatorWidget(QWidget):
         self.project = None
         self.project_index = -1
         self._project_annotations = None  # the one annotations layer a project reuses for all its images
+        self.proposal_layer = None  # "Propose objects": the open proposals of one plane, and their layer
+        self.proposal_set: ProposalSet | None = None
         self.export_dialog = None
         self.last_dataset_export: str | None = None  # read by a Fine-tune panel opened later
         self.slow_notice_ms = SLOW_NOTICE_MS
@@ -165,6 +173,7 @@ class AnnotatorWidget(QWidget):
         self.viewer.layers.events.removed.connect(self._on_layer_removed)
         self.viewer.dims.events.current_step.connect(self._on_dims_step)
         self.propagation_progress.connect(self._on_propagation_progress)
+        self.proposal_progress.connect(self._on_proposal_progress)
         self._refresh_layer_choices()
 
     # ================================================================================================ UI
@@ -342,6 +351,19 @@ class AnnotatorWidget(QWidget):
                                       "slice before it, until the object disappears; Undo takes it all back")
         self.propagate_btn.clicked.connect(lambda: self.propagate_object())
         v.addWidget(self.propagate_btn)
+        row = QHBoxLayout()
+        self.propose_btn = QPushButton("Propose objects")
+        self.propose_btn.setToolTip("segment everything on this image (slice): every object found is shown in the "
+                                    "'proposals' layer; Y accepts the one under the cursor with the selected "
+                                    "class, N rejects it, clicks and C correct one as usual")
+        self.propose_btn.clicked.connect(lambda: self.propose_objects())
+        self.accept_all_btn = QPushButton("Accept all (Shift+Y)")
+        self.accept_all_btn.clicked.connect(lambda: self.accept_all_proposals())
+        self.reject_all_btn = QPushButton("Reject all")
+        self.reject_all_btn.clicked.connect(lambda: self.clear_proposals())
+        for b in (self.propose_btn, self.accept_all_btn, self.reject_all_btn):
+            row.addWidget(b)
+        v.addLayout(row)
         self.objects_label = QLabel("")
         v.addWidget(self.objects_label)
         lay.addWidget(g)
@@ -640,6 +662,7 @@ class AnnotatorWidget(QWidget):
             self.worker.cancel("preview")
             self.worker.cancel("embed")
             self.worker.cancel("propagate")
+            self.worker.cancel("propose")
             self.image_layer = None
             self.status_label.setText("Choose an image layer.")
         for name in (PROMPTS, BOX, PREVIEW, ANNOTATIONS):
@@ -653,6 +676,9 @@ class AnnotatorWidget(QWidget):
             self.device_preview, self.device_buffer = None, None
         if layer is self._project_annotations:
             self._project_annotations = None
+        if layer is self.proposal_layer:
+            self.proposal_layer, self.proposal_set = None, None
+            self._update_buttons()
         self._refresh_layer_choices()
 
     def _on_layer_chosen(self):
@@ -676,6 +702,7 @@ class AnnotatorWidget(QWidget):
             self.layer_combo.setCurrentText(layer.name)
         self.worker.cancel("preview")
         self.worker.cancel("propagate")
+        self.clear_proposals()
         self.image_layer = layer
         self._image_token += 1
         self._key_base = key_base
@@ -785,6 +812,7 @@ class AnnotatorWidget(QWidget):
         if plane != self._plane:
             self._plane = plane
             self.worker.cancel("preview")
+            self.clear_proposals()  # proposals belong to the slice they were made on
             self._clear_prompt_layers()
             self._clear_preview()
             self._request_embedding()
@@ -810,6 +838,7 @@ class AnnotatorWidget(QWidget):
         """New pixels under the same layer: later requests use new embedding keys (computed on next use)."""
         self._data_version += 1
         self.worker.cancel("propagate")
+        self.clear_proposals()
 
     def _image_getter(self, plane: tuple | None = None) -> Callable[[], np.ndarray]:
         """A function that reads a plane (default: the current one; called on the worker thread; works for dask
@@ -1202,6 +1231,7 @@ class AnnotatorWidget(QWidget):
             self.status_label.setText(str(exc))
             return None
         self.clear_prompts()
+        self._drop_covered_proposals()  # a proposal corrected with clicks is done with
         self._after_annotation_change()
         self.select_object(oid)
         self.status_label.setText(f"committed object #{oid} as {self.model.class_name(oid)}")
@@ -1263,6 +1293,167 @@ class AnnotatorWidget(QWidget):
     def _on_propagation_progress(self, done: int, total: int):
         if self.worker.is_busy("propagate"):
             self.status_label.setText(f"propagating: {done}/{total} slices")
+
+    # ========================================================================================== proposals
+    def propose_objects(self) -> int | None:
+        """Propose objects: segment_all on the current image (slice) on the worker; the result opens as the
+        ``proposals`` layer (objects already annotated are left out). Returns the request, None without an image."""
+        if self.image_layer is None or self.model is None:
+            self.status_label.setText("propose: choose an image layer first")
+            return None
+        from ..segment_all import batched_decoder, segment_all
+
+        get, session, worker, plane, model = self._image_getter(), self.session, self.worker, self._plane, self.model
+        holder: dict = {}
+
+        def run():
+            p = session.ensure_predictor()
+            # a batched decoder where it costs nothing to make (torch); the ONNX backends decode click by click
+            batched = batched_decoder(p) if getattr(p.backend, "name", "") == "torch" else None
+            return segment_all(p, get(), batched=batched, progress=self.proposal_progress.emit,
+                               cancelled=lambda: worker.closed or ("seq" in holder and not worker.is_current(
+                                   holder["seq"], "propose")))
+
+        def done(res):
+            if self.model is not model or self._plane != plane or self._closed:
+                return  # another image or slice meanwhile
+            self.proposal_set = ProposalSet(res.labels, res.scores, plane)
+            n_found = len(self.proposal_set)
+            self._drop_covered_proposals()
+            n = len(self.proposal_set)
+            skipped = f" ({n_found - n} already annotated)" if n < n_found else ""
+            self.status_label.setText(f"{n} proposal(s){skipped}: Y accepts the one under the cursor as "
+                                      f"{self.classes[self.current_class()].name}, N rejects it, Shift+Y accepts all")
+
+        def failed(exc):
+            self.status_label.setText(f"<span style='color:#e55'>propose failed: {exc}</span>")
+            self._notify(f"UltraTinySAM: propose failed: {exc}")
+
+        self.clear_proposals()
+        self.status_label.setText("proposing objects ...")
+        holder["seq"] = seq = worker.submit("propose", run, on_done=done, on_error=failed)
+        self._update_buttons()
+        return seq
+
+    def _on_proposal_progress(self, done: int, total: int):
+        if self.worker.is_busy("propose"):
+            self.status_label.setText(f"proposing objects: {done}/{total} views")
+
+    def _show_proposals(self) -> None:
+        """The open proposals in the ``proposals`` layer (outlines in instance colours over the image)."""
+        ps = self.proposal_set
+        if ps is None or not len(ps):
+            if self.proposal_layer is not None and self.proposal_layer.data.any():
+                self.proposal_layer.data[...] = 0
+                self.proposal_layer.refresh()
+            self.proposals_updated.emit(0)
+            self._update_buttons()
+            return
+        shape = self.spatial_shape()
+        layer = self.proposal_layer
+        if layer is None or layer not in self.viewer.layers or layer.data.shape != shape:
+            if layer is not None and layer in self.viewer.layers:
+                self.viewer.layers.remove(layer)  # (its removal handler drops the set: keep it)
+                self.proposal_set = ps
+            self._suspend += 1
+            try:
+                layer = self.proposal_layer = self.viewer.add_labels(
+                    np.zeros(shape, np.uint16), name=PROPOSALS, opacity=0.8, blending="translucent",
+                    **self._layer_kwargs())
+                layer.contour = max(1, int(max(shape[-2:]) / 300))
+                layer.editable = False
+                if self.prompts is not None:  # clicks still go to the prompts layer
+                    self.viewer.layers.selection.active = self.prompts
+            finally:
+                self._suspend -= 1
+        layer.scale, layer.translate = self.image_layer.scale, self.image_layer.translate
+        layer.data[ps.plane] = ps.labels
+        layer.refresh()
+        self.proposals_updated.emit(len(ps))
+        self._update_buttons()
+
+    def clear_proposals(self) -> None:
+        """Reject every open proposal (and stop a proposal run in progress)."""
+        self.worker.cancel("propose")
+        had = self.proposal_set is not None
+        self.proposal_set = None
+        if had or (self.proposal_layer is not None and self.proposal_layer.data.any()):
+            self._show_proposals()
+
+    def _drop_covered_proposals(self) -> None:
+        """Proposals whose pixels are mostly annotated already (committed, or accepted as another proposal)."""
+        ps, m = self.proposal_set, self.model
+        if ps is None or m is None or m.labels.shape[len(ps.plane):] != ps.labels.shape:
+            return
+        n = int(ps.labels.max(initial=0))
+        total = np.bincount(ps.labels.ravel(), minlength=n + 1)
+        covered = np.bincount(ps.labels[m.labels[ps.plane] != 0], minlength=n + 1)
+        for pid in np.flatnonzero((total > 0) & (2 * covered >= total)):
+            if pid:
+                ps.reject(int(pid))
+        self._show_proposals()
+
+    def proposal_at(self, row: float, col: float) -> int:
+        return 0 if self.proposal_set is None else self.proposal_set.at(row, col)
+
+    def accept_proposal(self, pid: int) -> int | None:
+        """Proposal ``pid`` becomes a committed object of the selected class (as C does for the preview)."""
+        ps = self.proposal_set
+        if ps is None or self.model is None or pid not in ps.ids:
+            self.status_label.setText("no proposal there")
+            return None
+        try:
+            oid, _region = self.model.commit(ps.labels == pid, self.current_class(), ps.plane,
+                                             overwrite=self.overwrite_check.isChecked())
+        except ValueError as exc:
+            self.status_label.setText(str(exc))
+            return None
+        ps.accept(pid)
+        self._show_proposals()
+        self._after_annotation_change()
+        self.select_object(oid)
+        self.status_label.setText(f"accepted proposal as object #{oid} ({self.model.class_name(oid)}); "
+                                  f"{len(ps)} left")
+        self.committed.emit(oid)
+        return oid
+
+    def reject_proposal(self, pid: int) -> bool:
+        ps = self.proposal_set
+        if ps is None or pid not in ps.ids:
+            self.status_label.setText("no proposal there")
+            return False
+        ps.reject(pid)
+        self._show_proposals()
+        self.status_label.setText(f"rejected a proposal; {len(ps)} left")
+        return True
+
+    def accept_all_proposals(self) -> list[int]:
+        """Every open proposal becomes an object of the selected class (best predicted IoU first), one undo step."""
+        ps = self.proposal_set
+        if ps is None or self.model is None or not len(ps):
+            self.status_label.setText("no proposals: press Propose objects first")
+            return []
+        try:
+            ids, _region = self.model.commit_many(ps.accept_all(), self.current_class(), ps.plane,
+                                                  overwrite=self.overwrite_check.isChecked())
+        except ValueError as exc:
+            self.status_label.setText(str(exc))
+            ids = []
+        self._show_proposals()
+        if ids:
+            self._after_annotation_change()
+            self.status_label.setText(f"accepted {len(ids)} proposal(s) as "
+                                      f"{self.classes[self.current_class()].name} (one undo step)")
+            for oid in ids:
+                self.committed.emit(oid)
+        return ids
+
+    def _proposal_under_cursor(self, accept: bool):
+        """Y / N: the proposal under the mouse cursor (the viewer's cursor position)."""
+        px = self._event_to_pixel(self.viewer.cursor.position)
+        pid = self.proposal_at(px[1], px[2]) if px is not None and px[0] == getattr(
+            self.proposal_set, "plane", None) else 0
+        return self.accept_proposal(pid) if accept else self.reject_proposal(pid)
 
     def undo(self):
         if self.model is not None and self.model.undo() is not None:
@@ -1355,6 +1546,10 @@ class AnnotatorWidget(QWidget):
         self.delete_btn.setEnabled(bool(m and self.selected_id))
         self.reclass_btn.setEnabled(bool(m and self.selected_id))
         self.propagate_btn.setEnabled(bool(m is not None and m.labels.ndim == 3))
+        self.propose_btn.setEnabled(m is not None and not self.worker.is_busy("propose"))
+        has = bool(self.proposal_set is not None and len(self.proposal_set))
+        self.accept_all_btn.setEnabled(has)
+        self.reject_all_btn.setEnabled(has)
 
     # ============================================================================================ classes
     @property
@@ -1691,6 +1886,9 @@ class AnnotatorWidget(QWidget):
             "Control-z": lambda v: self.undo(),
             "Control-Shift-z": lambda v: self.redo(),
             "Shift-P": lambda v: self.propagate_object(),
+            "y": lambda v: self._proposal_under_cursor(accept=True),
+            "n": lambda v: self._proposal_under_cursor(accept=False),
+            "Shift-Y": lambda v: self.accept_all_proposals(),
         }
         for k, fn in keys.items():
             self.viewer.bind_key(k, fn, overwrite=True)
@@ -1706,6 +1904,8 @@ class AnnotatorWidget(QWidget):
         self.busy_bar.setVisible(loading)
         if not loading:
             self._end_slow_progress()
+        if group == "propose":
+            self._update_buttons()
 
     def _notify(self, msg: str, warning: bool = True):
         try:
