@@ -58,3 +58,14 @@ def paper_model():
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+GUI_FIXTURES = {"qtbot", "make_napari_viewer", "annotator"}
+
+
+def pytest_collection_modifyitems(config, items):
+    # the `gui` marker (setup.cfg): every test that opens Qt or a napari viewer, so `-m "not gui"` runs the rest
+    # without a display
+    for item in items:
+        if GUI_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.gui)
