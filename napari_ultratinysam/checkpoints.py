@@ -10,11 +10,15 @@ import json
 import math
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .config import ModelConfig, from_dict, to_dict
 from .extras import require
 from .io_utils import atomic_path
 from .paths import DEFAULT_CHECKPOINT
+
+if TYPE_CHECKING:  # annotations only: torch is imported on use
+    import torch
 
 FORMAT = "utsam-checkpoint-v1"
 

@@ -1,8 +1,18 @@
 import numpy as np
 import pytest
 
-from napari_ultratinysam.transforms import (bilinear_weights, geometry_for, letterbox, letterbox_masks, logits_to_image,
-                                            normalize_np, prepare_image, resize_mask, resize_uint8, to_rgb_uint8)
+from napari_ultratinysam.transforms import (
+    bilinear_weights,
+    geometry_for,
+    letterbox,
+    letterbox_masks,
+    logits_to_image,
+    normalize_np,
+    prepare_image,
+    resize_mask,
+    resize_uint8,
+    to_rgb_uint8,
+)
 
 
 def test_geometry_asymmetric_image_maps_points_both_ways():

@@ -7,7 +7,6 @@ import json
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from napari_ultratinysam.cli import main
 from napari_ultratinysam.data.export import export_dataset

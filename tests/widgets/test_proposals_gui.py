@@ -119,7 +119,8 @@ def test_propose_again_skips_annotated_and_clicks_correct_a_proposal(annotator, 
     # proposing again leaves the annotated coin out
     _propose(qtbot, w)
     r, c = _centre(gt, i)
-    assert w.proposal_at(r, c) == 0 or (w.annotations.data[w.proposal_set.labels == w.proposal_at(r, c)] == 0).mean() > 0.5
+    again = w.proposal_at(r, c)
+    assert again == 0 or (w.annotations.data[w.proposal_set.labels == again] == 0).mean() > 0.5
     assert "already annotated" in w.status_label.text()
     w.clear_proposals()  # Reject all
     assert w.proposal_set is None and not viewer.layers["proposals"].data.any()
