@@ -11,6 +11,11 @@ Best first: by predicted IoU, except for a single positive click when the model 
 Zoom-in refinement (on by default for images larger than twice the model input): after the first pass, the
 region around the object is cropped, encoded at the model resolution, predicted again with the same prompts and
 pasted back, so small objects in big images get the model's full resolution.
+
+Full-resolution refinement (on by default, refine.py): every click is obeyed (a disc around it is in, or out of,
+every mask); a correction (a prompt with ``mask_input``, the previous result's ``lowres``) is decided at the image's
+own resolution from the model's logits, the image's edges and all clicks, and merged into the mask shown before
+only where the newest click is.
 """
 from __future__ import annotations
 
@@ -22,13 +27,12 @@ from typing import Callable, Hashable
 
 import numpy as np
 
+from .refine import RefineConfig, Refiner, obey_clicks
 from .transforms import Geometry, logits_to_image, prepare_image, to_rgb_uint8
-
 
 # A single click whose full-view mask is too large to zoom on (e.g. a whole table of coins) is also tried on a crop
 # of the model's input size around the click; that mask is kept when it stays inside the crop and its predicted IoU
-# is at least this. Chosen on validation data (CamVid val, BSDS500 val held-out, COCO val; one click per object,
-# shipped weights): never 0.553, 0.3 0.546, 0.4 0.563, 0.5 0.560, 0.6 0.555 mIoU@1 (MODEL_CARD.md).
+# is at least this, chosen on validation data (the tuning table is in docs/history.md).
 CLICK_ZOOM_MIN_SCORE = 0.4
 
 
@@ -59,6 +63,9 @@ class Prediction:
         self.zoomable = False  # set by the predictor: zoom-in refinement would apply to this prompt
         self.zoom_from: tuple | None = None  # set with zoomable: what Predictor.zoom_in needs (image key, crop, prompt)
         self._render = render
+        # candidate i -> (box (x0, y0, x1, y1), logits of that box at image resolution, image px per low-res cell)
+        # of the model's mask, or None (empty); set by the predictor for its refinement
+        self.region: Callable[[int], tuple | None] | None = None
         self._masks: dict[int, np.ndarray] = {}
         if masks is not None:
             self._masks = {i: m for i, m in enumerate(np.asarray(masks, dtype=bool))}
@@ -115,16 +122,36 @@ def _as_points(points, labels, name="points") -> tuple[np.ndarray, np.ndarray]:
     return p, lab
 
 
+@dataclass(frozen=True)
+class ZoomRequest:
+    """What :meth:`Predictor.zoom_in` needs to zoom on a full-view result: its image, the crop and the prompt."""
+
+    image_key: Hashable
+    crop: tuple[int, int, int, int]
+    points: np.ndarray
+    labels: np.ndarray
+    box: np.ndarray | None
+    multimask: bool
+    click: bool
+    pick: bool
+    mask_input: np.ndarray | None
+
+
 class Predictor:
     def __init__(self, backend, zoom_refine: bool = True, cache_size: int = 16, flip_tta: bool = False,
-                 use_pick: bool = True):
+                 use_pick: bool = True, refine: bool | RefineConfig = True):
         """``flip_tta``: average every prediction over the image and its mirror image (twice the time; see
         runtime.FlipAveragedBackend); a property that can be switched later (cached embeddings are dropped).
-        ``use_pick``: a single click shows the candidate the model's learned pick prefers (when it has one)."""
+        ``use_pick``: a single click shows the candidate the model's learned pick prefers (when it has one).
+        ``refine``: full-resolution refinement (refine.py; a RefineConfig sets its parameters); False gives the
+        model's masks as they are."""
         self.backend = backend
         self.cfg = backend.cfg
         self.zoom_refine = zoom_refine
         self.use_pick = use_pick
+        self.refiner: Refiner | None = None
+        if refine:
+            self.refiner = Refiner(refine if isinstance(refine, RefineConfig) else RefineConfig())
         if self.cfg.candidate_pick is not None:
             from .pick import check_pick
 
@@ -298,6 +325,8 @@ class Predictor:
 
     def clear_cache(self) -> None:
         self._cache.clear()
+        if self.refiner is not None:
+            self.refiner.clear()
 
     # ------------------------------------------------------------------ prediction
     def predict(self, points=None, labels=None, box=None, mask_input: np.ndarray | None = None,
@@ -334,21 +363,47 @@ class Predictor:
                 crop, click = self._click_crop(pts[0]), True  # the object may be small: look closer at the click
             res.zoomable = crop is not None  # zoom-in refinement would apply (a caller may ask for it later)
             if crop is not None:
-                res.zoom_from = (self._key, crop, pts, lab, bx, multimask, click, pick)
+                res.zoom_from = ZoomRequest(self._key, crop, pts, lab, bx, multimask, click, pick, mask_input)
             if zoom and crop is not None:
-                z = self._zoom(res, crop, pts, lab, bx, multimask, click, pick)
-                return res if z is None else z
-        return res
+                z = self._zoom(res, res.zoom_from)
+                res = res if z is None else z
+        return self._refined(res, pts, lab, mask_input)
 
     def zoom_in(self, first: Prediction) -> Prediction | None:
         """Zoom-in refinement of a full-view result (``predict(..., zoom_refine=False)`` with ``zoomable`` True):
         only the crop is encoded and decoded, the full-view decode is not repeated. None when ``first`` is not
         zoomable or its image is no longer the current one."""
         z = first.zoom_from
-        if z is None or z[0] != self._key or self._image is None:
+        if z is None or z.image_key != self._key or self._image is None:
             return None
-        _, crop, pts, lab, bx, multimask, click, pick = z
-        return self._zoom(first, crop, pts, lab, bx, multimask, click, pick)
+        res = self._zoom(first, z)
+        return None if res is None else self._refined(res, z.points, z.labels, z.mask_input)
+
+    def _refined(self, res: Prediction, pts: np.ndarray, lab: np.ndarray, mask_input) -> Prediction:
+        """``res`` with the full-resolution refinement (refine.py): each mask obeys every click; a correction (a
+        prompt with ``mask_input``) is decided at the image's resolution and merged into the mask shown before."""
+        refiner = self.refiner
+        if refiner is None or not len(pts):
+            return res
+        key, image = self._key, self._image
+        previous = refiner.shown(key, mask_input)
+        radius = refiner.cfg.click_radius_px
+
+        def render(i: int) -> np.ndarray:
+            correcting = mask_input is not None or refiner.cfg.first_click
+            region = res.region(i) if (i == 0 and correcting and res.region is not None) else False
+            if region is not False:
+                cell = region[2] if region is not None else max(image.shape[:2]) / res.lowres.shape[-1]
+                m = refiner.correct(key, image, None if region is None else region[:2], pts, lab, cell, previous)
+            else:
+                m = obey_clicks(res.mask(i), pts, lab, radius)
+            refiner.remember(key, res.lowres[i], m)
+            return m
+
+        out = Prediction(res.scores, res.lowres, res.object_score, render=render, zoomed=res.zoomed,
+                         features=lambda: res.features)
+        out.zoomable, out.zoom_from, out.region = res.zoomable, res.zoom_from, res.region
+        return out
 
     def _encode_prompt(self, geo: Geometry, pts, lab, bx):
         coords = [geo.to_model(pts)] if len(pts) else []
@@ -393,8 +448,17 @@ class Predictor:
                 return np.zeros((geo.orig_h, geo.orig_w), dtype=bool)
             return self.upsample_masks(logits[i:i + 1], geo)[0]
 
-        return Prediction(iou, logits, obj, render=render,
-                          features=None if feats is None else (lambda: feats()[order]))
+        def region(i: int) -> tuple | None:
+            box = None if empty else self._lowres_bbox(logits[i] > 0, geo, margin=1)
+            if box is None:
+                return None
+            cell = geo.size / logits.shape[-1] / geo.scale  # image px per low-res cell
+            return box, np.asarray(logits_to_image(logits[i:i + 1], geo, box))[0], cell
+
+        out = Prediction(iou, logits, obj, render=render,
+                         features=None if feats is None else (lambda: feats()[order]))
+        out.region = region
+        return out
 
     @staticmethod
     def _lowres_bbox(pos: np.ndarray, geo: Geometry, margin: int = 1) -> tuple[int, int, int, int] | None:
@@ -490,11 +554,11 @@ class Predictor:
                 :, :, (xs[ix] - box[0]).astype(int)]
         return out
 
-    def _zoom(self, first: Prediction, crop, pts, lab, bx, multimask: bool, click: bool = False,
-              pick: bool = True) -> Prediction | None:
-        """Predict again on ``crop`` encoded at the model's resolution. ``click``: a crop centred on a single click
-        whose full-view mask was too large to zoom on; its result is kept only when it looks like a whole object
-        (its best mask stays inside the crop and scores >= CLICK_ZOOM_MIN_SCORE), else None."""
+    def _zoom(self, first: Prediction, z: ZoomRequest) -> Prediction | None:
+        """Predict again on ``z.crop`` encoded at the model's resolution. ``z.click``: a crop centred on a single
+        click whose full-view mask was too large to zoom on; its result is kept only when it looks like a whole
+        object (its best mask stays inside the crop and scores >= CLICK_ZOOM_MIN_SCORE), else None."""
+        crop, pts, lab, bx, multimask, click, pick = z.crop, z.points, z.labels, z.box, z.multimask, z.click, z.pick
         img = self._image
         h, w = img.shape[:2]
         cx0, cy0, cx1, cy1 = crop
@@ -516,8 +580,17 @@ class Predictor:
             m[cy0:cy1, cx0:cx1] = sub.mask(i)
             return m
 
-        return Prediction(sub.scores, lowres, sub.object_score, render=render, zoomed=True,
-                          features=lambda: sub.features)
+        def region(i: int) -> tuple | None:
+            r = sub.region(i)
+            if r is None:
+                return None
+            (x0, y0, x1, y1), logits, cell = r
+            return (x0 + cx0, y0 + cy0, x1 + cx0, y1 + cy0), logits, cell
+
+        out = Prediction(sub.scores, lowres, sub.object_score, render=render, zoomed=True,
+                         features=lambda: sub.features)
+        out.region = region
+        return out
 
 
 # the prompt checks are shared with compression.device_predictor under a public name

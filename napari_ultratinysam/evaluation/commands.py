@@ -115,20 +115,21 @@ class FolderPairs(Sequence[AnnotatedImage]):
 
 
 # -------------------------------------------------------------------------------- model and data
-def load_predictor(checkpoint: str | None = None, onnx: str | None = None, flip_tta: bool = False) -> Any:
+def load_predictor(checkpoint: str | None = None, onnx: str | None = None, flip_tta: bool = False,
+                   refine: bool = True) -> Any:
     """The predictor for ``--checkpoint`` / ``--onnx`` (or the bundled default model); ``flip_tta``: averaged over
-    the image and its mirror image (``--flip-tta``)."""
+    the image and its mirror image (``--flip-tta``); ``refine``: full-resolution refinement (``--no-refine``)."""
     from ..predictor import Predictor
 
     if checkpoint:
         if not Path(checkpoint).is_file():
             raise FileNotFoundError(f"{checkpoint}: --checkpoint file does not exist")
-        return Predictor.from_checkpoint(checkpoint, flip_tta=flip_tta)
+        return Predictor.from_checkpoint(checkpoint, flip_tta=flip_tta, refine=refine)
     if onnx:
         if not Path(onnx).is_dir():
             raise FileNotFoundError(f"{onnx}: --onnx folder does not exist")
-        return Predictor.from_onnx(onnx, flip_tta=flip_tta)
-    return Predictor.from_default(flip_tta=flip_tta)
+        return Predictor.from_onnx(onnx, flip_tta=flip_tta, refine=refine)
+    return Predictor.from_default(flip_tta=flip_tta, refine=refine)
 
 
 def load_device_predictor(args: argparse.Namespace) -> tuple[Any, str]:
@@ -236,7 +237,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
                             "note": "prompt baked in, steered by the inference ROI; only click 1 / the box is "
                                     "meaningful; paper 'box' mode on a point graph = a click at the box centre"}}
     else:
-        predictor = load_predictor(args.checkpoint, args.onnx, flip_tta=args.flip_tta)
+        predictor = load_predictor(args.checkpoint, args.onnx, flip_tta=args.flip_tta, refine=not args.no_refine)
     progress = not args.quiet
     inter = paper = None
     if protocol in ("noc", "all"):
@@ -284,6 +285,8 @@ def register(subparsers: Any) -> None:
                         "(default: min(H, W) of each image)")
     p.add_argument("--flip-tta", action="store_true",
                    help="average each prediction over the image and its mirror image (twice the time)")
+    p.add_argument("--no-refine", action="store_true",
+                   help="the model's masks as they are, without full-resolution refinement of corrections")
     p.add_argument("--dataset", metavar="DIR", help="dataset folder in any supported format")
     p.add_argument("--format", default="auto", help="dataset format (default: auto-detect)")
     p.add_argument("--split", default=None, help="dataset split, e.g. test (default: the reader's default)")

@@ -101,15 +101,15 @@ def test_cli_writes_three_files_with_required_keys(tmp_path, monkeypatch):
     oracle = OraclePredictor(list(commands.FolderPairs(imgs, msks)))
     seen = {}
 
-    def fake_loader(checkpoint=None, onnx=None, flip_tta=False):
-        seen["args"] = (checkpoint, onnx, flip_tta)
+    def fake_loader(checkpoint=None, onnx=None, flip_tta=False, refine=True):
+        seen["args"] = (checkpoint, onnx, flip_tta, refine)
         return oracle
 
     monkeypatch.setattr(commands, "load_predictor", fake_loader)
     out = tmp_path / "out"
     rc = cli.main(["evaluate", "--images", str(imgs), "--masks", str(msks), "--max-clicks", "6", "--quiet",
                    "-o", str(out)])
-    assert rc == 0 and seen["args"] == (None, None, False)
+    assert rc == 0 and seen["args"] == (None, None, False, True)
     doc = json.loads((out / "metrics.json").read_text())
     assert REQUIRED <= set(doc)
     assert doc["num_objects"] == 4 and doc["noc@85"] == 1.0 and doc["failures@90"] == 0
@@ -123,7 +123,7 @@ def test_cli_writes_three_files_with_required_keys(tmp_path, monkeypatch):
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
     rc = cli.main(["evaluate", "--images", str(imgs), "--masks", str(msks), "--max-clicks", "2", "--quiet",
                    "--protocol", "noc", "--flip-tta", "-o", str(tmp_path / "flip")])
-    assert rc == 0 and seen["args"] == (None, None, True)
+    assert rc == 0 and seen["args"] == (None, None, True, True)
     doc = json.loads((tmp_path / "flip" / "metrics.json").read_text())
     assert doc["flip_tta"] is True and "flip TTA" in (tmp_path / "flip" / "metrics.md").read_text()
 
