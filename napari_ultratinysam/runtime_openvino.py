@@ -16,10 +16,15 @@ The decoder is compiled with a dynamic number of prompt points for prompts with 
 (a first click, hover, a box) run ``decoder_nomask.onnx`` (no mask-input branch), also compiled with static shapes
 for one click and for a box, where OpenVINO folds the shape arithmetic. The no-mask requests keep the
 image's features bound between clicks (shared memory, not copied per click).
+
+Compiling the five graphs takes seconds on a small CPU, so the load compiles what a first click needs (the encoder
+and the one-click decoder) and the other three in a background thread; a prompt that needs one of those before it
+is ready waits for it (``background=False`` compiles everything in the constructor).
 """
 from __future__ import annotations
 
 import tempfile
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -129,9 +134,11 @@ def _compile(core, model, threads: int, precision: str, snippets: bool = True):
 class OpenVinoBackend:
     name = "openvino"
 
-    def __init__(self, folder: str | Path, threads: int = 1, precision: str = "bf16", int8_weights: bool = True):
+    def __init__(self, folder: str | Path, threads: int = 1, precision: str = "bf16", int8_weights: bool = True,
+                 background: bool = True):
         """``int8_weights`` (bf16 only): the decoder's large matrix products keep int8 weights
-        (:func:`int8_matmul_weights`)."""
+        (:func:`int8_matmul_weights`). ``background``: compile the graphs a first click does not need in a
+        background thread (see the module docstring)."""
         if precision not in PRECISIONS:
             raise ValueError(f"OpenVINO precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
         try:
@@ -148,6 +155,37 @@ class OpenVinoBackend:
         self.image_size = self.cfg.image_size
         self.lowres_size = self.cfg.image_size // 4
         core = ov.Core()
+        self._int8_matmuls = 0  # over all decoder graphs (bf16 only)
+        self._dec_any_req = None
+        self._nomask_reqs: dict[int | None, object] = {}  # no-mask requests, by number of points (None: any)
+        self._compiled = threading.Event()
+        self._compile_error: str | None = None
+
+        def decoder(path: Path, points: int | None = None):
+            m = core.read_model(str(path))
+            if points is not None:
+                m.reshape({"point_coords": [1, points, 2], "point_labels": [1, points]})
+            if precision == "bf16" and int8_weights:
+                self._int8_matmuls += int8_matmul_weights(m)
+            return m
+
+        nomask = folder / NOMASK_DECODER
+
+        def compile_one(what) -> None:
+            if what == "any":
+                self._dec_any_req = _compile(core, decoder(folder / "decoder.onnx"), threads,
+                                             precision).create_infer_request()
+            elif what is None:
+                self._nomask_reqs[None] = _compile(core, decoder(nomask), threads, precision).create_infer_request()
+            else:
+                # bf16: OpenVINO's "snippets" fusion miscompiles this static graph (measured with 2026.4: logits off
+                # by ~1.7, masks wrong); without it the logits are within bf16 rounding (~0.04)
+                self._nomask_reqs[what] = _compile(core, decoder(nomask, what), threads, precision,
+                                                   snippets=precision != "bf16").create_infer_request()
+
+        # what a first click needs now; the rest (later) in the background
+        first, later = (["any"], []) if not nomask.is_file() else ([1], ["any", None] + [n for n in STATIC_POINTS
+                                                                                         if n != 1])
         try:
             enc_model = core.read_model(str(folder / "encoder.onnx"))
             if precision == "bf16":
@@ -158,31 +196,24 @@ class OpenVinoBackend:
             else:
                 enc = _compile(core, enc_model, threads, precision)
             self.float32_convolutions = float32_convolutions(enc)  # of the encoder
-            self.int8_weight_matmuls = 0  # over all decoder graphs (bf16 only)
-
-            def decoder(path: Path, points: int | None = None):
-                m = core.read_model(str(path))
-                if points is not None:
-                    m.reshape({"point_coords": [1, points, 2], "point_labels": [1, points]})
-                if precision == "bf16" and int8_weights:
-                    self.int8_weight_matmuls += int8_matmul_weights(m)
-                return m
-
-            self._dec_any = _compile(core, decoder(folder / "decoder.onnx"), threads, precision).create_infer_request()
-            # no-mask requests, by number of points (None: any number)
-            self._nomask: dict[int | None, object] = {}
-            nomask = folder / NOMASK_DECODER
-            if nomask.is_file():
-                self._nomask[None] = _compile(core, decoder(nomask), threads, precision).create_infer_request()
-                for n in STATIC_POINTS:
-                    m = decoder(nomask, n)
-                    # bf16: OpenVINO's "snippets" fusion miscompiles this static graph (wrong masks; see
-                    # docs/history.md); without it the logits are within bf16 rounding
-                    self._nomask[n] = _compile(core, m, threads, precision,
-                                               snippets=precision != "bf16").create_infer_request()
+            for what in first + ([] if background else later):
+                compile_one(what)
         except Exception as e:  # noqa: BLE001 - one line naming the folder
             raise ValueError(f"ONNX model folder {folder}: OpenVINO cannot load it ({str(e).splitlines()[0]})") \
                 from None
+        if background and later:
+            def run() -> None:
+                try:
+                    for what in later:
+                        compile_one(what)
+                except Exception as e:  # noqa: BLE001 - reported when a prompt needs the graph
+                    self._compile_error = str(e).splitlines()[0] if str(e) else type(e).__name__
+                finally:
+                    self._compiled.set()
+
+            threading.Thread(target=run, name="utsam-openvino-compile", daemon=True).start()
+        else:
+            self._compiled.set()
         self._enc = enc.create_infer_request()
         self._bound: dict[int, tuple] = {}  # id(request) -> (features dict bound to it, its arrays)
         self._io: dict[int, tuple] = {}  # static request's points -> the prompt arrays bound to it
@@ -190,16 +221,47 @@ class OpenVinoBackend:
         l = self.lowres_size
         self._zero_mask = np.zeros((1, 1, l, l), np.float32)
 
+    def wait_compiled(self) -> None:
+        """Wait for the background compilation; ValueError (one line) when it failed."""
+        self._compiled.wait()
+        if self._compile_error is not None:
+            raise ValueError(f"ONNX model folder {self.folder}: OpenVINO cannot load it ({self._compile_error})")
+
+    @property
+    def _nomask(self) -> dict:
+        self.wait_compiled()
+        return self._nomask_reqs
+
+    @_nomask.setter
+    def _nomask(self, requests: dict) -> None:
+        self.wait_compiled()
+        self._nomask_reqs = requests
+
+    @property
+    def _dec_any(self):
+        self.wait_compiled()
+        return self._dec_any_req
+
+    @property
+    def int8_weight_matmuls(self) -> int:
+        """How many of the decoders' matrix products keep int8 weights (bf16 only)."""
+        self.wait_compiled()
+        return self._int8_matmuls
+
     def encode(self, x: np.ndarray) -> dict[str, np.ndarray]:
         res = self._enc.infer({"image": np.ascontiguousarray(x, dtype=np.float32)})
         return {k: np.array(v) for k, v in zip(self._enc_out, res.to_tuple())}
 
     def decode(self, feats, coords: np.ndarray, labels: np.ndarray, mask_input: np.ndarray | None):
-        if mask_input is None and self._nomask:
+        if mask_input is None:
             n = len(coords)
-            req = self._nomask.get(n)
-            return self._decode_bound(req if req is not None else self._nomask[None], feats, coords, labels,
-                                      static=req is not None)
+            req = self._nomask_reqs.get(n) if n == 1 else None  # compiled at load: no wait for a first click
+            if req is None and self._nomask:
+                req = self._nomask.get(n)
+                return self._decode_bound(req if req is not None else self._nomask[None], feats, coords, labels,
+                                          static=req is not None)
+            if req is not None:
+                return self._decode_bound(req, feats, coords, labels, static=True)
         has = np.array([0.0 if mask_input is None else 1.0], np.float32)
         m = self._zero_mask if mask_input is None else np.ascontiguousarray(
             mask_input.reshape(1, 1, *mask_input.shape[-2:]), dtype=np.float32)

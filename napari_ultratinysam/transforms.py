@@ -113,39 +113,71 @@ def _scale_to_uint8(a: np.ndarray, name: str) -> np.ndarray:
     return out
 
 
+def _aa_weights(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """torch's antialiased bilinear taps along one axis (``F.interpolate(mode="bilinear", align_corners=False,
+    antialias=True)``, PIL's triangle filter, widened to the scale when shrinking) -> (dense (n_out, n_in) float32
+    weights, first tap, end of the taps) per output pixel."""
+    scale = n_in / n_out
+    support = scale if scale >= 1.0 else 1.0
+    invscale = 1.0 / scale if scale >= 1.0 else 1.0
+    k = int(np.ceil(support)) * 2 + 1
+    center = scale * (np.arange(n_out, dtype=np.float64) + 0.5)
+    xmin = np.maximum(np.trunc(center - support + 0.5), 0).astype(np.int64)
+    xsize = np.clip(np.minimum(np.trunc(center + support + 0.5), n_in).astype(np.int64) - xmin, 0, k)
+    j = np.arange(k)
+    w = np.maximum(0.0, 1.0 - np.abs((j + xmin[:, None] - center[:, None] + 0.5) * invscale))
+    w[j[None, :] >= xsize[:, None]] = 0.0
+    total = w.sum(axis=1, keepdims=True)
+    w = np.divide(w, total, out=np.zeros_like(w), where=total != 0)
+    dense = np.zeros((n_out, n_in), np.float32)
+    rows = np.repeat(np.arange(n_out), k)
+    cols = (xmin[:, None] + j).reshape(-1)
+    keep = cols < n_in
+    dense[rows[keep], cols[keep]] = w.reshape(-1)[keep]
+    return dense, xmin, xmin + xsize
+
+
+_BAND = 16  # output pixels per matrix product: the weights are a band, so only its input columns are multiplied
+
+
+def _resample_rows(x: np.ndarray, n_out: int) -> np.ndarray:
+    """(M, n_in) -> (M, n_out) float32, resampling each row with :func:`_aa_weights` (banded matrix products)."""
+    dense, lo, hi = _aa_weights(x.shape[1], n_out)
+    out = np.empty((x.shape[0], n_out), np.float32)
+    for j0 in range(0, n_out, _BAND):
+        j1 = min(n_out, j0 + _BAND)
+        a, b = int(lo[j0:j1].min()), int(hi[j0:j1].max())
+        np.matmul(x[:, a:b], dense[j0:j1, a:b].T, out=out[:, j0:j1])
+    return out
+
+
 def resize_uint8(image: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
-    """Bilinear (antialiased when shrinking) resize of an (H, W, C) or (H, W) uint8 image.
-
-    Pillow's BILINEAR resize: the triangle filter widened to the scale when shrinking, which torch's
-    ``F.interpolate(mode="bilinear", align_corners=False, antialias=True)`` copies, in fixed point (within 1 grey
-    level of torch's float result). The horizontal pass runs on strips of rows, so a huge image is never copied
-    whole; the vertical pass then runs on the narrow intermediate.
-    """
-    from PIL import Image
-
+    """Bilinear (antialiased when shrinking) resize of an (H, W, C) or (H, W) uint8 image: torch's
+    ``F.interpolate(mode="bilinear", align_corners=False, antialias=True)`` on float32 then rounded, in numpy
+    (horizontal pass first like torch; the same values within 1 grey level, nearly all equal). The horizontal
+    pass runs on strips of rows, so a huge image is never converted to float whole; a read-only input
+    (np.asarray of a PIL image) is only read."""
     a = np.asarray(image)
     if a.dtype != np.uint8:
         raise ValueError(f"resize: expected a uint8 image, got {a.dtype}")
+    if a.ndim not in (2, 3):
+        raise ValueError(f"resize: expected an (H, W[, C]) image, got shape {a.shape}")
     h, w = int(hw[0]), int(hw[1])
     if h < 1 or w < 1:
         raise ValueError(f"resize: output size must be positive, got {tuple(hw)}")
-    if a.ndim == 3 and a.shape[2] != 3:  # one channel at a time: Pillow premultiplies RGBA by its alpha
-        return np.stack([resize_uint8(a[..., c], (h, w)) for c in range(a.shape[2])], axis=2)
-    if a.ndim not in (2, 3):
-        raise ValueError(f"resize: expected an (H, W[, C]) image, got shape {a.shape}")
-    H, W = a.shape[:2]
-
-    def pil(x: np.ndarray, out_h: int) -> np.ndarray:  # Pillow skips the pass whose size does not change
-        return np.asarray(Image.fromarray(np.ascontiguousarray(x)).resize((w, out_h), Image.Resampling.BILINEAR))
-
-    x = a
-    if w != W:
-        rows = max(1, _CHUNK_VALUES // max(1, a[0].size))
-        parts = [pil(a[r:r + rows], min(rows, H - r)) for r in range(0, H, rows)]
+    x = a if a.ndim == 3 else a[..., None]
+    H, W, C = x.shape
+    if w != W:  # strips of rows, as (rows * C, W) float32
+        rows = max(1, _CHUNK_VALUES // max(1, W * C))
+        parts = []
+        for r in range(0, H, rows):
+            strip = x[r:r + rows].transpose(0, 2, 1).reshape(-1, W).astype(np.float32)
+            parts.append(_resample_rows(strip, w).reshape(-1, C, w).transpose(0, 2, 1))
         x = parts[0] if len(parts) == 1 else np.concatenate(parts)
-    if h != H:
-        x = pil(x, h)
-    return np.array(x, dtype=np.uint8)  # writable, and a copy when nothing was resized
+    if h != H:  # columns of the (H, w * C) intermediate
+        x = _resample_rows(np.ascontiguousarray(x.reshape(H, -1).T, dtype=np.float32), h).T.reshape(h, w, C)
+    out = np.clip(np.round(x), 0, 255).astype(np.uint8)
+    return out if a.ndim == 3 else out[..., 0]
 
 
 def resize_mask(mask: np.ndarray, hw: tuple[int, int]) -> np.ndarray:

@@ -89,8 +89,8 @@ def test_prepare_image_normalises():
 
 
 # ------------------------------------------------------------------ the numpy transforms against torch's
-# The inference path runs without torch; these pin its numpy / Pillow transforms to the torch operations that
-# training used (skipped where torch is not installed).
+# The inference path runs without torch; these pin its numpy transforms to the torch operations that training
+# used (skipped where torch is not installed).
 _RESIZES = [(100, 300, 43, 128), (480, 640, 96, 128), (37, 53, 128, 128), (7, 5, 128, 91), (300, 300, 128, 128),
             (129, 128, 128, 127), (2000, 3000, 85, 128), (64, 32, 128, 64), (1, 200, 1, 128), (5, 5, 3, 200),
             (3000, 20, 128, 2)]
@@ -110,19 +110,26 @@ def test_resize_uint8_matches_torch_antialiased_bilinear(hw_in, hw_out):
         ref = ref[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
         out = resize_uint8(img, hw_out)
         assert out.shape == ref.shape and out.dtype == np.uint8 and out.flags.writeable
-        assert np.abs(out.astype(int) - ref.astype(int)).max() <= 1
+        diff = np.abs(out.astype(int) - ref.astype(int))
+        # within 1 grey level, and nearly every pixel equal (a fixed-point resize, e.g. Pillow's, is off by one at
+        # a few per cent of the pixels, which moved the masks of borderline clicks)
+        assert diff.max() <= 1 and diff.mean() < 0.005
 
 
 def test_resize_uint8_in_strips_equals_whole(monkeypatch):
-    """A huge image's horizontal pass runs on strips of rows; the result is the same as in one piece, and a
-    read-only input is accepted (np.asarray of a PIL image)."""
+    """A huge image's horizontal pass runs on strips of rows; the result is the one in one piece (up to float
+    rounding: the matrix products' summation order depends on their shapes), and a read-only input is accepted
+    (np.asarray of a PIL image)."""
     import napari_ultratinysam.transforms as T
 
     img = np.random.default_rng(1).integers(0, 256, (301, 257, 3), dtype=np.uint8)
     whole = resize_uint8(img, (97, 128))
     monkeypatch.setattr(T, "_CHUNK_VALUES", 7 * 257 * 3)
     img.flags.writeable = False
-    assert np.array_equal(resize_uint8(img, (97, 128)), whole)
+    strips = resize_uint8(img, (97, 128))
+    diff = np.abs(strips.astype(int) - whole.astype(int))
+    assert diff.max() <= 1 and diff.mean() < 1e-3
+    assert resize_uint8(img[..., 0], (97, 128)).shape == (97, 128)  # a 2-D image
     assert np.array_equal(resize_uint8(img, (301, 257)), img)  # nothing to resize: a writable copy
     with pytest.raises(ValueError, match="uint8"):
         resize_uint8(img.astype(np.float32), (10, 10))
