@@ -39,11 +39,15 @@ STATIC_POINTS = (1, 2)  # no-mask decoder shapes compiled at load: one click (th
 
 
 def openvino_available() -> bool:
+    """Whether the openvino package is installed. Found, not imported: importing it takes a noticeable part of a
+    second, and the annotator asks on the GUI thread when it opens (a broken install fails at load, where the
+    predictor falls back to onnxruntime)."""
+    from importlib.util import find_spec
+
     try:
-        import openvino  # noqa: F401
-    except ImportError:
+        return find_spec("openvino") is not None
+    except (ImportError, ValueError):
         return False
-    return True
 
 
 def highres_trunk_layers(model, size: int) -> set[str]:
