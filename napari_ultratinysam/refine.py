@@ -20,12 +20,12 @@ from scipy import ndimage
 
 @dataclass(frozen=True)
 class RefineConfig:
-    band: float = 1.0            # half-width of the undecided band around the model's boundary, in low-res cells
-    min_band_px: int = 3         # ... and at least this many image pixels
-    click_radius_px: int = 3     # the disc around a click that is always obeyed
+    band: float = 1.5            # half-width of the undecided band around the model's boundary, in low-res cells
+    min_band_px: int = 5         # ... and at least this many image pixels
+    click_radius_px: int = 5     # the disc around a click that is always obeyed
     prior: float = 0.0           # weight of the model's boundary (logit 0) as a ridge, next to the image gradient
     smooth: float = 1.0          # Gaussian sigma (px) of the image before its gradient
-    first_click: bool = False    # also refine a prompt without mask_input (a first click) at full resolution
+    first_click: bool = True     # also refine a prompt without mask_input (a first click) at full resolution
     reach: float = 2.0           # a correction changes the mask within this many times the click's depth (its
                                  # distance to the shown mask's boundary, plus the band) of the click
 
@@ -72,8 +72,9 @@ def refine(rgb: np.ndarray, logits: np.ndarray, points: np.ndarray, labels: np.n
     model = logits > 0
     band = max(float(cfg.min_band_px), cfg.band * cell_px)
     # chessboard distances: the band's exact shape does not matter, its cost does
-    d_in = ndimage.distance_transform_cdt(model, metric="chessboard")
-    d_out = ndimage.distance_transform_cdt(~model, metric="chessboard")
+    far = np.full((h, w), h + w, dtype=np.int32)  # no boundary in the region: everything is far from it
+    d_in = ndimage.distance_transform_cdt(model, metric="chessboard") if not model.all() else far
+    d_out = ndimage.distance_transform_cdt(~model, metric="chessboard") if model.any() else far
     fg = d_in > band
     bg = d_out > band
     pts = np.asarray(points, dtype=np.float32).reshape(-1, 2)
@@ -81,7 +82,8 @@ def refine(rgb: np.ndarray, logits: np.ndarray, points: np.ndarray, labels: np.n
     for (x, y), l in zip(pts, lab):
         cx, cy = int(np.clip(np.floor(x), 0, w - 1)), int(np.clip(np.floor(y), 0, h - 1))
         if bool(l) != bool(model[cy, cx]):  # the click contradicts the model: free the other label's seeds around it
-            reach = float((d_out if l else d_in)[cy, cx]) + band
+            depth = float((d_out if l else d_in)[cy, cx])
+            reach = (depth if depth < h + w else band) + band  # no boundary at all: a neighbourhood of the click
             sl, disc = click_disc((h, w), (x, y), reach)
             (bg if l else fg)[sl] &= ~disc
     pos, neg = pts[lab == 1], pts[lab != 1]

@@ -116,11 +116,12 @@ def test_predict_with_mask_input_refines_at_full_resolution(scripted):
         pred.set_image(img)
     pts, lab = [[120, 120]], [1]
     r1, q1 = p.predict(points=pts, labels=lab), plain.predict(points=pts, labels=lab)
-    pts2, lab2 = pts + [[55, 55]], lab + [0]  # a negative click in the too-large corner
+    pts2, lab2 = pts + [[55, 65]], lab + [0]  # a negative click in the too-large corner
     r2 = p.predict(points=pts2, labels=lab2, mask_input=r1.lowres[0])
     q2 = plain.predict(points=pts2, labels=lab2, mask_input=q1.lowres[0])
-    assert _iou(r2.mask(0), gt) > _iou(r1.mask(0), gt) and _iou(r2.mask(0), gt) > _iou(q2.mask(0), gt)
-    assert not r2.mask(0)[55, 55]
+    assert _iou(r1.mask(0), gt) > max(0.95, _iou(q1.mask(0), gt) + 0.1)  # the first click is refined too
+    assert _iou(r2.mask(0), gt) >= _iou(r1.mask(0), gt) and _iou(r2.mask(0), gt) > _iou(q2.mask(0), gt)
+    assert not r2.mask(0)[65, 55] and q2.mask(0)[65, 55]
 
 
 def test_refine_config_switches_it_off(scripted):
@@ -129,6 +130,10 @@ def test_refine_config_switches_it_off(scripted):
     p = Predictor(scripted, zoom_refine=False, refine=False)
     p.set_image(img)
     assert not p.predict(points=[[120, 120]], labels=[1]).mask(0).any()
-    p2 = Predictor(scripted, zoom_refine=False, refine=RefineConfig(click_radius_px=5))
+    p2 = Predictor(scripted, zoom_refine=False, refine=RefineConfig(click_radius_px=5, first_click=False))
     p2.set_image(img)
     assert p2.predict(points=[[120, 120]], labels=[1]).mask(0).sum() == pytest.approx(np.pi * 25, rel=0.2)
+    p3 = Predictor(scripted, zoom_refine=False)  # refined: the click's surroundings up to the image's edges
+    p3.set_image(img)
+    m = p3.predict(points=[[120, 120]], labels=[1]).mask(0)
+    assert m[120, 120] and 100 < m.sum() and (m & ~gt).sum() == 0
