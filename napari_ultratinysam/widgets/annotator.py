@@ -1322,8 +1322,8 @@ class AnnotatorWidget(QWidget):
             self._drop_covered_proposals()
             n = len(self.proposal_set)
             skipped = f" ({n_found - n} already annotated)" if n < n_found else ""
-            self.status_label.setText(f"{n} proposal(s){skipped}: Y accepts the one under the cursor as "
-                                      f"{self.classes[self.current_class()].name}, N rejects it, Shift+Y accepts all")
+            self.status_label.setText(f"{n} proposal(s){skipped}: Y accept, N reject (under the cursor), "
+                                      "Shift+Y accept all")
 
         def failed(exc):
             self.status_label.setText(f"<span style='color:#e55'>propose failed: {exc}</span>")
@@ -1360,7 +1360,7 @@ class AnnotatorWidget(QWidget):
                 layer = self.proposal_layer = self.viewer.add_labels(
                     np.zeros(shape, np.uint16), name=PROPOSALS, opacity=0.8, blending="translucent",
                     **self._layer_kwargs())
-                layer.contour = max(1, int(max(shape[-2:]) / 300))
+                layer.contour = max(2, int(max(shape[-2:]) / 300))
                 layer.editable = False
                 if self.prompts is not None:  # clicks still go to the prompts layer
                     self.viewer.layers.selection.active = self.prompts
