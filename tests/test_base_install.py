@@ -27,6 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 BLOCKED = ("torch", "torchvision", "timm")
 
 BLOCKER = f"""
+import importlib.util
 import sys
 
 class _NoTorch:
@@ -37,6 +38,12 @@ class _NoTorch:
         return None
 
 sys.meta_path.insert(0, _NoTorch())
+_find_spec = importlib.util.find_spec
+
+def find_spec(name, package=None):  # "is torch installed?" says no, as on a base install (onnxruntime asks)
+    return None if name.split(".")[0] in {BLOCKED!r} else _find_spec(name, package)
+
+importlib.util.find_spec = find_spec
 """
 
 
@@ -57,12 +64,13 @@ def run_py(code: str, env: dict, cwd: Path, timeout: int = 600) -> subprocess.Co
 
 def test_the_blocker_blocks(no_torch_env, tmp_path):
     r = run_py("""
+        import importlib.util
         try:
             import torch
         except ImportError as e:
-            print("blocked", e.name)
+            print("blocked", e.name, importlib.util.find_spec("timm"), importlib.util.find_spec("numpy") is not None)
         """, no_torch_env, tmp_path)
-    assert r.returncode == 0 and r.stdout.strip() == "blocked torch", r.stderr[-2000:]
+    assert r.returncode == 0 and r.stdout.strip() == "blocked torch None True", r.stderr[-2000:]
 
 
 def test_predictor_and_segment_run_without_torch(no_torch_env, tmp_path):
@@ -118,6 +126,24 @@ def test_commands_that_need_torch_name_the_extra(no_torch_env, tmp_path):
         """, no_torch_env, tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.startswith("missing:") and "[train]" in r.stdout and len(r.stdout.strip().splitlines()) == 1
+
+
+def test_finetune_panel_names_the_missing_extra(monkeypatch):
+    """The Fine-tune panel's training process reports a missing torch as the extra to install."""
+    import queue
+    import threading
+
+    import napari_ultratinysam.training.loop as loop
+    from napari_ultratinysam.widgets.finetune_panel import _worker
+
+    def train(*a, **k):
+        raise ModuleNotFoundError("No module named 'torch'", name="torch")
+
+    monkeypatch.setattr(loop, "train", train)
+    q = queue.Queue()
+    _worker(None, q, threading.Event())
+    kind, msg, _tb = q.get_nowait()
+    assert kind == "error" and "[train]" in msg and "pip install" in msg and "\n" not in msg
 
 
 @pytest.mark.slow

@@ -244,6 +244,9 @@ class ExportPanel(QWidget):
             except ExportCancelled:
                 self._bridge.failed.emit("cancelled")
             except Exception as e:  # noqa: BLE001 - shown in the panel
+                from ..extras import as_missing_extra
+
+                e = as_missing_extra(e) or e  # a missing toolchain: name the extra that brings it
                 msg = str(e).splitlines()[0] if str(e) else type(e).__name__
                 self._bridge.failed.emit(msg)
                 traceback.print_exc()

@@ -62,7 +62,10 @@ def _worker(cfg: TrainConfig, q, stop_event) -> None:  # runs in the child proce
                         should_stop=stop_event.is_set, log=lambda s: q.put(("log", str(s))))
         q.put(("done", summary))
     except BaseException as e:  # report everything; the parent shows it
-        q.put(("error", f"{type(e).__name__}: {e}", traceback.format_exc()))
+        from ..extras import as_missing_extra
+
+        missing = as_missing_extra(e)  # e.g. torch not installed: name the extra that brings it
+        q.put(("error", str(missing) if missing else f"{type(e).__name__}: {e}", traceback.format_exc()))
 
 
 class FinetuneJob:
