@@ -66,6 +66,7 @@ class Prediction:
         # candidate i -> (box (x0, y0, x1, y1), logits of that box at image resolution, image px per low-res cell)
         # of the model's mask, or None (empty); set by the predictor for its refinement
         self.region: Callable[[int], tuple | None] | None = None
+        self.unrefined: Prediction | None = None  # set by the predictor's refinement: the model's own result
         self._masks: dict[int, np.ndarray] = {}
         if masks is not None:
             self._masks = {i: m for i, m in enumerate(np.asarray(masks, dtype=bool))}
@@ -391,7 +392,7 @@ class Predictor:
 
         def render(i: int) -> np.ndarray:
             correcting = mask_input is not None or refiner.cfg.first_click
-            region = res.region(i) if (i == 0 and correcting and res.region is not None) else False
+            region = res.region(i) if (correcting and res.region is not None) else False
             if region is not False:
                 cell = region[2] if region is not None else max(image.shape[:2]) / res.lowres.shape[-1]
                 m = refiner.correct(key, image, None if region is None else region[:2], pts, lab, cell, previous)
@@ -403,6 +404,7 @@ class Predictor:
         out = Prediction(res.scores, res.lowres, res.object_score, render=render, zoomed=res.zoomed,
                          features=lambda: res.features)
         out.zoomable, out.zoom_from, out.region = res.zoomable, res.zoom_from, res.region
+        out.unrefined = res  # the model's own masks, for callers that judge the model (e.g. propagation's stops)
         return out
 
     def _encode_prompt(self, geo: Geometry, pts, lab, bx):

@@ -158,7 +158,10 @@ def propagate(predictor, stack: Sequence[np.ndarray], start_index: int, start_ma
             r = predictor.predict(points=interior_point(prev)[None], labels=[1], box=_grown_box(prev, box_margin),
                                   mask_input=low, multimask=False)
             m = np.asarray(r.mask(0) if callable(getattr(r, "mask", None)) else r.masks[0], dtype=bool)
-            area, score = int(m.sum()), float(r.scores[0])
+            # the stops judge the model's own mask: refinement always keeps a disc at the (synthetic) click
+            raw = getattr(r, "unrefined", None)
+            area = int((raw.mask(0) if raw is not None else m).sum())
+            score = float(r.scores[0])
             if area == 0:
                 stop = Stop(i, "empty")
             elif r.object_score <= 0:
