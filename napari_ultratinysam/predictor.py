@@ -332,7 +332,9 @@ class Predictor:
     # ------------------------------------------------------------------ prediction
     def predict(self, points=None, labels=None, box=None, mask_input: np.ndarray | None = None,
                 multimask: bool | None = None, zoom_refine: bool | None = None,
-                use_pick: bool | None = None) -> Prediction:
+                use_pick: bool | None = None, refine: bool | None = None) -> Prediction:
+        """``refine``: None = the predictor's setting; False = the model's masks for this call only (a hover
+        preview that must be fast)."""
         if self._image is None:
             raise RuntimeError("call set_image(image) before predict()")
         pts, lab = _as_points(points, labels)
@@ -368,9 +370,9 @@ class Predictor:
             if zoom and crop is not None:
                 z = self._zoom(res, res.zoom_from)
                 res = res if z is None else z
-        return self._refined(res, pts, lab, mask_input)
+        return res if refine is False else self._refined(res, pts, lab, mask_input)
 
-    def zoom_in(self, first: Prediction) -> Prediction | None:
+    def zoom_in(self, first: Prediction, refine: bool | None = None) -> Prediction | None:
         """Zoom-in refinement of a full-view result (``predict(..., zoom_refine=False)`` with ``zoomable`` True):
         only the crop is encoded and decoded, the full-view decode is not repeated. None when ``first`` is not
         zoomable or its image is no longer the current one."""
@@ -378,7 +380,9 @@ class Predictor:
         if z is None or z.image_key != self._key or self._image is None:
             return None
         res = self._zoom(first, z)
-        return None if res is None else self._refined(res, z.points, z.labels, z.mask_input)
+        if res is None or refine is False:
+            return res
+        return self._refined(res, z.points, z.labels, z.mask_input)
 
     def _refined(self, res: Prediction, pts: np.ndarray, lab: np.ndarray, mask_input) -> Prediction:
         """``res`` with the full-resolution refinement (refine.py): each mask obeys every click; a correction (a

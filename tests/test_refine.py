@@ -137,3 +137,13 @@ def test_refine_config_switches_it_off(scripted):
     p3.set_image(img)
     m = p3.predict(points=[[120, 120]], labels=[1]).mask(0)
     assert m[120, 120] and 100 < m.sum() and (m & ~gt).sum() == 0
+
+
+def test_refine_false_for_one_call_gives_the_models_mask(scripted):
+    """A hover preview asks for the model's mask (fast); the click that follows is refined."""
+    img, gt = _square_image()
+    scripted.logits = np.full((32, 32), -6.0, np.float32)
+    p = Predictor(scripted, zoom_refine=False)
+    p.set_image(img)
+    assert not p.predict(points=[[120, 120]], labels=[1], refine=False).mask(0).any()
+    assert p.predict(points=[[120, 120]], labels=[1]).mask(0)[120, 120]

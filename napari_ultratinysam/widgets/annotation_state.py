@@ -775,24 +775,27 @@ class PredictorSession:
 
     def predict(self, key: Hashable, get_image: Callable[[], np.ndarray], prompt: Prompt,
                 mask_input: np.ndarray | None = None, multimask: bool | None = None,
-                zoom_refine: bool | None = None):
-        """``zoom_refine``: None = the session's setting; False = full view only (a first, fast stage)."""
+                zoom_refine: bool | None = None, refine: bool | None = None):
+        """``zoom_refine``: None = the session's setting; False = full view only (a first, fast stage).
+        ``refine=False``: without full-resolution refinement (hover previews), where the predictor has it."""
         self.ensure_image(key, get_image)
         p = self.predictor
         if hasattr(p, "zoom_refine"):
             p.zoom_refine = bool(self.zoom_refine if zoom_refine is None else (zoom_refine and self.zoom_refine))
-        return p.predict(**prompt.predictor_kwargs(), mask_input=mask_input, multimask=multimask)
+        kw = {"refine": False} if refine is False and getattr(p, "refiner", None) is not None else {}
+        return p.predict(**prompt.predictor_kwargs(), mask_input=mask_input, multimask=multimask, **kw)
 
     def zoom_in(self, key: Hashable, get_image: Callable[[], np.ndarray], prompt: Prompt, first,
-                mask_input: np.ndarray | None = None):
+                mask_input: np.ndarray | None = None, refine: bool | None = None):
         """The zoom-refined version of ``first`` (the full-view result of :meth:`predict` for ``prompt`` on
         ``key``), or None when zooming does not apply. A predictor with ``zoom_in`` refines ``first`` without
         decoding the full view again; others predict again with the session's zoom setting."""
         p = self.ensure_predictor()
         if hasattr(p, "zoom_in") and first is not None:
             self.ensure_image(key, get_image)
-            return p.zoom_in(first)
-        r = self.predict(key, get_image, prompt, mask_input=mask_input)
+            return p.zoom_in(first, refine=False) if refine is False and getattr(p, "refiner", None) else \
+                p.zoom_in(first)
+        r = self.predict(key, get_image, prompt, mask_input=mask_input, refine=refine)
         return r if getattr(r, "zoomed", False) else None
 
 

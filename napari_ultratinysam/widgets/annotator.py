@@ -1104,11 +1104,13 @@ class AnnotatorWidget(QWidget):
         def run():
             t0 = time.perf_counter()
             if stage == "refine":
-                r = session.zoom_in(key, get, prompt, first, mask_input)
+                r = session.zoom_in(key, get, prompt, first, mask_input, refine=False if hover else None)
                 if r is None:
                     return None, time.perf_counter() - t0, False, None  # zooming does not apply: the mask stays
             else:
-                r = session.predict(key, get, prompt, mask_input=mask_input, zoom_refine=zoom)
+                # a hover preview follows the mouse: the model's mask, refined once the user clicks
+                r = session.predict(key, get, prompt, mask_input=mask_input, zoom_refine=zoom,
+                                    refine=False if hover else None)
             cands = Candidates.from_result(r)
             cands.mask  # noqa: B018 - the best mask is upsampled here, on the worker; others only when cycled to
             # the predictor says whether zooming would apply (an object small in the full view); unknown: try
