@@ -514,7 +514,6 @@ def export_dataset(source, out_dir: str | Path, ratios: Sequence[float] | str = 
     ``void_index`` (CamVid only) defaults to the existing dataset's, else 255. Written in a staged folder swapped
     in atomically, so a failure or a kill leaves the previous export intact.
     """
-    from tqdm import tqdm
 
     from .._version import __version__
 
@@ -540,16 +539,8 @@ def export_dataset(source, out_dir: str | Path, ratios: Sequence[float] | str = 
         meta, void_index = {}, _check_void(DEFAULT_VOID if void_index is None else void_index, len(src.classes))
     images: dict[str, dict] = dict(meta.get("images", {}))
     summary = ExportSummary(str(out_dir), {}, skipped_empty=list(src.skipped))
-    seen: set[str] = set()
     with staged_dir(out_dir, keep_existing=not overwrite) as stage:
-        for item in tqdm(src.items, desc="export", unit="img", disable=not progress):
-            name = safe_name(item.name)
-            if name in seen:
-                raise ValueError(f"{item.source or item.name}: two images export to the same name {name!r}")
-            seen.add(name)
-            if item.num_objects == 0 and not include_empty:
-                summary.skipped_empty.append(name)
-                continue
+        for item, name in _items_to_write(src, summary, include_empty, "export", progress):
             if name in images:
                 _remove_entry(stage, name, images[name])
                 summary.replaced.append(name)
@@ -577,7 +568,6 @@ def _export_whole(fmt: str, src: _Source, out_dir: Path, ratios: Sequence[float]
                   image_format: str, include_empty: bool, progress: bool) -> ExportSummary:
     """Write ``src`` as a COCO or YOLO export (export_formats' writers) to ``out_dir``, staged and swapped in
     whole."""
-    from tqdm import tqdm
 
     from .export_formats import format_writer
 
@@ -586,17 +576,9 @@ def _export_whole(fmt: str, src: _Source, out_dir: Path, ratios: Sequence[float]
         previous = {p.stem for p in (out_dir / "images").glob("*/*")}
     summary = ExportSummary(str(out_dir), {}, skipped_empty=list(src.skipped), format=fmt)
     counts = {s: 0 for s in splits}
-    seen: set[str] = set()
     with staged_dir(out_dir, keep_existing=False) as stage:
         writer = format_writer(fmt, stage, src.classes, image_format, src.description, _write_image)
-        for item in tqdm(src.items, desc=f"export {fmt}", unit="img", disable=not progress):
-            name = safe_name(item.name)
-            if name in seen:
-                raise ValueError(f"{item.source or item.name}: two images export to the same name {name!r}")
-            seen.add(name)
-            if item.num_objects == 0 and not include_empty:
-                summary.skipped_empty.append(name)
-                continue
+        for item, name in _items_to_write(src, summary, include_empty, f"export {fmt}", progress):
             split = assign_split(name, ratios, splits, seed)
             summary.objects_written += writer.add(item, name, split)
             counts[split] += 1
@@ -606,6 +588,23 @@ def _export_whole(fmt: str, src: _Source, out_dir: Path, ratios: Sequence[float]
         writer.finish(used)
     summary.images_per_split = counts
     return summary
+
+
+def _items_to_write(src: _Source, summary: ExportSummary, include_empty: bool, desc: str, progress: bool):
+    """(item, file name) of each image to export, in order: names made safe and unique (one line names the image
+    whose name collides), images without objects left out (and listed in ``summary``) unless ``include_empty``."""
+    from tqdm import tqdm
+
+    seen: set[str] = set()
+    for item in tqdm(src.items, desc=desc, unit="img", disable=not progress):
+        name = safe_name(item.name)
+        if name in seen:
+            raise ValueError(f"{item.source or item.name}: two images export to the same name {name!r}")
+        seen.add(name)
+        if item.num_objects == 0 and not include_empty:
+            summary.skipped_empty.append(name)
+            continue
+        yield item, name
 
 
 def _write_item(stage: Path, item: AnnotatedImage, name: str, src: _Source, void_index: int,
