@@ -344,6 +344,7 @@ class Predictor:
             if bx.size != 4 or not np.all(np.isfinite(bx)):
                 raise ValueError(f"box: expected (x0, y0, x1, y1), got {box!r}")
             bx = np.array([min(bx[0], bx[2]), min(bx[1], bx[3]), max(bx[0], bx[2]), max(bx[1], bx[3])], np.float32)
+        pts, bx = self._inside_image(pts, bx)
         if len(pts) == 0 and bx is None:
             raise ValueError("predict needs at least one point or a box")
         if mask_input is not None:
@@ -371,6 +372,28 @@ class Predictor:
                 z = self._zoom(res, res.zoom_from)
                 res = res if z is None else z
         return res if refine is False else self._refined(res, pts, lab, mask_input)
+
+    def _inside_image(self, pts: np.ndarray, bx: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+        """The one rule for prompts outside the image (the API, the CLI and the annotator all come through here):
+        a point outside it, or a box wholly outside it, is refused with one line; a box partly outside is clipped
+        to the image."""
+        h, w = self._image.shape[:2]
+        out = (pts[:, 0] < 0) | (pts[:, 0] > w) | (pts[:, 1] < 0) | (pts[:, 1] > h)
+        if out.any():
+            x, y = pts[np.flatnonzero(out)[0]]
+            raise ValueError(f"points: ({x:g}, {y:g}) lies outside the image ({w} x {h} pixels)")
+        if bx is not None:
+            clipped = np.clip(bx, 0, [w, h, w, h]).astype(np.float32)
+            if clipped[2] <= clipped[0] or clipped[3] <= clipped[1]:
+                raise ValueError(f"box: ({', '.join(f'{v:g}' for v in bx)}) lies outside the image ({w} x {h} "
+                                 "pixels)")
+            if not np.array_equal(clipped, bx):
+                import logging
+
+                logging.getLogger(__name__).warning("box clipped to the image: %s -> %s", bx.tolist(),
+                                                    clipped.tolist())
+            bx = clipped
+        return pts, bx
 
     def zoom_in(self, first: Prediction, refine: bool | None = None) -> Prediction | None:
         """Zoom-in refinement of a full-view result (``predict(..., zoom_refine=False)`` with ``zoomable`` True):

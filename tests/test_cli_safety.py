@@ -315,3 +315,11 @@ def test_huge_image_is_prepared_without_a_float_copy(kind):
     # needs 1 byte per value
     allowed = values // 4 if kind == "uint8" else values + values // 4
     assert grown < allowed, (grown, allowed)
+
+
+def test_segment_point_outside_the_image_is_one_line(img, ckpt, tmp_path, capsys):
+    out = tmp_path / "m.png"
+    assert main(["segment", str(img), "--point", "5000,5", "--checkpoint", str(ckpt), "-o", str(out)]) == 2
+    err = _one_error_line(capsys)
+    assert "outside the image" in err and "5000" in err
+    assert not out.exists()

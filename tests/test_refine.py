@@ -147,3 +147,17 @@ def test_refine_false_for_one_call_gives_the_models_mask(scripted):
     p.set_image(img)
     assert not p.predict(points=[[120, 120]], labels=[1], refine=False).mask(0).any()
     assert p.predict(points=[[120, 120]], labels=[1]).mask(0)[120, 120]
+
+
+def test_prompts_outside_the_image_are_refused_and_boxes_clipped(scripted):
+    img, gt = _square_image()
+    scripted.logits = _lowres_of(gt)
+    p = Predictor(scripted, zoom_refine=False)
+    p.set_image(img)
+    with pytest.raises(ValueError, match=r"points: \(300, 10\) lies outside the image \(256 x 256"):
+        p.predict(points=[[120, 120], [300, 10]], labels=[1, 0])
+    with pytest.raises(ValueError, match="box: .* lies outside the image"):
+        p.predict(box=[300, 300, 400, 400])
+    r = p.predict(box=[50, 60, 400, 200])  # partly outside: clipped, a mask all the same
+    assert r.mask(0).any()
+    assert p.predict(points=[[256, 256]], labels=[1]).mask(0)[255, 255]  # the far edge is still inside
