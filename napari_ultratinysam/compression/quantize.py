@@ -80,9 +80,9 @@ def bounded_histograms(every: int = 4):
     """Keep MCT's activation histograms bounded in memory.
 
     MCT 2.5's HistogramCollector stores one 2048-bin histogram per collector per calibration batch and merges
-    them only at the end; with a batch-1 graph of ~5,000 collectors that is ~170 MB per image (128 images ran a
-    24 GB machine out of memory). This merges them every ``every`` batches with MCT's own merge (interpolation
-    onto common bins), so memory stays flat; restored afterwards.
+    them only at the end, so memory grows with every calibration image (enough to exhaust a large machine with
+    the deploy graph: docs/history.md). This merges them every ``every`` batches with MCT's own merge
+    (interpolation onto common bins), so memory stays flat; restored afterwards.
     """
     try:
         from model_compression_toolkit.core.common.collectors.histogram_collector import HistogramCollector
@@ -686,7 +686,7 @@ def quantize_to_onnx(checkpoint=None, prompt: str = "center-point", points=None,
         # the baked prompt beside the ONNX, so DevicePredictor.from_quantized_onnx can read it (export_imx500 and
         # `utsam quantize` rewrite this file with the memory report / times)
         from ..io_utils import atomic_write_json
-        from .imx500 import build_metadata
+        from .metadata import build_metadata
 
         atomic_write_json(out / "metadata.json", build_metadata(graph, source, method, None, {
             "calibration": {"source": str(calibration) if calibration else "default", "num_images": num_images},
