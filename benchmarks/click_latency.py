@@ -45,7 +45,7 @@ def objects(n: int, side: int = 1024):
 
 
 def run(pred, objs, clicks: int = 20) -> tuple[list[float], list[float]]:
-    from napari_ultratinysam import prompts
+    from napari_ultratinysam.core import prompts
 
     first, later = [], []
     for img, gt in objs:
@@ -79,14 +79,14 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(1)
-    from napari_ultratinysam.predictor import Predictor
+    from napari_ultratinysam.inference.predictor import Predictor
 
     objs = objects(a.objects)
     rows = ["| backend | refinement | first click p50 / p95 (ms) | correction clicks p50 / p95 (ms) | clicks |",
             "|---|---|---|---|---|"]
     kinds = [("torch float", dict(backend="torch")), ("onnxruntime float", dict(backend="onnx"))]
     try:
-        from napari_ultratinysam.runtime_quant import choose_precision
+        from napari_ultratinysam.inference.int8 import choose_precision
 
         if choose_precision("auto") == "bf16":
             kinds.append(("OpenVINO bf16", dict(backend="onnx", precision="bf16")))

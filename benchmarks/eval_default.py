@@ -98,7 +98,7 @@ def main() -> int:
     ap.add_argument("-o", "--output", default="runs/eval_default")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    from napari_ultratinysam.evaluation.commands import load_predictor
+    from napari_ultratinysam.cli.evaluate import load_predictor
     from napari_ultratinysam.evaluation.protocols import evaluate_interactive, evaluate_paper
     from napari_ultratinysam.evaluation.report import run_metrics, write_report
 

@@ -44,7 +44,7 @@ class _Ev:
 def child(backend: str) -> dict:
     t_start = time.perf_counter()
     if backend != "auto":
-        import napari_ultratinysam.widgets.annotation_state as state
+        import napari_ultratinysam.annotation.state as state
 
         state.default_backend = lambda *a, **k: backend
     import napari
@@ -58,7 +58,7 @@ def child(backend: str) -> dict:
     from PIL import Image
 
     import napari_ultratinysam
-    from napari_ultratinysam.paths import sample_path
+    from napari_ultratinysam.core.paths import sample_path
 
     img = np.asarray(Image.open(sample_path("coffee.jpg")))
     viewer.add_image(img, name="coffee", rgb=True)

@@ -45,18 +45,18 @@ def _ensure_display() -> None:
 def _predictor(backend: str):
     import torch
 
-    from napari_ultratinysam.checkpoints import DEFAULT_CHECKPOINT
-    from napari_ultratinysam.predictor import Predictor
+    from napari_ultratinysam.inference.predictor import Predictor
+    from napari_ultratinysam.model.checkpoints import DEFAULT_CHECKPOINT
 
     torch.set_num_threads(1)
-    from napari_ultratinysam.widgets.annotation_state import BACKEND_PRECISION
+    from napari_ultratinysam.annotation.state import BACKEND_PRECISION
 
     runtime = "torch" if backend == "torch" else "onnx"
     precision = BACKEND_PRECISION[backend] or "float"
     if DEFAULT_CHECKPOINT.is_file():
         return Predictor.from_default(backend=runtime, precision=precision), "shipped weights"
-    from napari_ultratinysam.config import resolve_model_config
-    from napari_ultratinysam.network.build import build_model
+    from napari_ultratinysam.core.config import resolve_model_config
+    from napari_ultratinysam.model.build import build_model
 
     cfg = resolve_model_config("ultratinysam")
     cfg.trunk_pretrained = False
@@ -297,7 +297,7 @@ def main(argv=None) -> int:
                          "run; default: all that this CPU runs)")
     ap.add_argument("--no-write", action="store_true", help="print only, leave BENCHMARKS.md alone")
     args = ap.parse_args(argv)
-    from napari_ultratinysam.widgets.annotation_state import BACKENDS, default_backend
+    from napari_ultratinysam.annotation.state import BACKENDS, default_backend
 
     if args.backend is None:
         backends = [b for b in ("openvino bf16", "onnxruntime int8", "onnxruntime", "torch")

@@ -70,10 +70,10 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
 
-    from napari_ultratinysam.checkpoints import DEFAULT_CHECKPOINT
     from napari_ultratinysam.compression.device_predictor import DevicePredictor, device_agreement
     from napari_ultratinysam.compression.imx500 import export_imx500
     from napari_ultratinysam.compression.quantize import load_export_model
+    from napari_ultratinysam.model.checkpoints import DEFAULT_CHECKPOINT
 
     kw = {}
     if args.config:

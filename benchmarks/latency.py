@@ -2,7 +2,7 @@
 threads) and, in the same run, the peers a user would otherwise use (random weights: only speed is measured):
 SAM ViT-B (PyPI segment-anything) at 1024 and MobileSAM (PyPI mobilesam-mirror, TinyViT encoder) at 1024.
 
-UltraTinySAM's onnxruntime rows come in float and int8 (napari_ultratinysam.runtime_quant; int8 at 1 thread), with
+UltraTinySAM's onnxruntime rows come in float and int8 (napari_ultratinysam.inference.int8; int8 at 1 thread), with
 a line on how well the int8 masks agree with the float ones on CamVid val (../shared/datasets/camvid).
 
     .venv/bin/python benchmarks/latency.py [--quick] [--skip-peers] [--no-write]
@@ -24,11 +24,11 @@ from _report import machine_line, p50_p95, timeit, write_section  # noqa: E402
 
 
 def ours(threads: int, n_enc: int, n_dec: int, rows: list, image_hw=(1024, 1024)):
-    from napari_ultratinysam.checkpoints import DEFAULT_CHECKPOINT, load_model
-    from napari_ultratinysam.network.build import build_model
-    from napari_ultratinysam.predictor import Predictor
-    from napari_ultratinysam.runtime import OnnxBackend, TorchBackend, export_onnx
-    from napari_ultratinysam.transforms import prepare_image
+    from napari_ultratinysam.core.transforms import prepare_image
+    from napari_ultratinysam.inference.backends.onnx import OnnxBackend, TorchBackend, export_onnx
+    from napari_ultratinysam.inference.predictor import Predictor
+    from napari_ultratinysam.model.build import build_model
+    from napari_ultratinysam.model.checkpoints import DEFAULT_CHECKPOINT, load_model
 
     torch.set_num_threads(threads)
     model = load_model(DEFAULT_CHECKPOINT) if DEFAULT_CHECKPOINT.exists() else build_model("ultratinysam")
@@ -47,7 +47,7 @@ def ours(threads: int, n_enc: int, n_dec: int, rows: list, image_hw=(1024, 1024)
     if threads == 1:
         backends.append(OnnxBackend(int8_folder(model), threads=threads))
         if bf16_supported():
-            from napari_ultratinysam.runtime_openvino import OpenVinoBackend
+            from napari_ultratinysam.inference.backends.openvino import OpenVinoBackend
 
             backends.append(OpenVinoBackend(folder, threads=threads, precision="bf16"))
     for be in backends:
@@ -76,8 +76,8 @@ PROFILE_FOLDER: list = []  # the float ONNX folder of the shipped weights (for t
 
 def int8_folder(model) -> Path:
     """The cached int8 folder of the shipped weights (or of ``model`` when they are absent)."""
-    from napari_ultratinysam.checkpoints import DEFAULT_CHECKPOINT
-    from napari_ultratinysam.runtime_quant import int8_folder_for_checkpoint, int8_folder_for_model
+    from napari_ultratinysam.inference.int8 import int8_folder_for_checkpoint, int8_folder_for_model
+    from napari_ultratinysam.model.checkpoints import DEFAULT_CHECKPOINT
 
     if DEFAULT_CHECKPOINT.exists():
         return int8_folder_for_checkpoint(DEFAULT_CHECKPOINT)
@@ -85,7 +85,7 @@ def int8_folder(model) -> Path:
 
 
 def bf16_supported() -> bool:
-    from napari_ultratinysam.runtime_quant import choose_precision
+    from napari_ultratinysam.inference.int8 import choose_precision
 
     try:
         return choose_precision("bf16") == "bf16"
@@ -100,9 +100,9 @@ def mask_agreement(fp, qp, max_images: int | None) -> tuple[np.ndarray, np.ndarr
     """IoU between the best-scored masks of two predictors (default settings) for one click at the interior
     point of each CamVid val object of >= 150 px at 128x128 (the paper's size filter); and each one's IoU with
     the ground truth (-> mIoU@1 of both)."""
+    from napari_ultratinysam.core.prompts import interior_point
     from napari_ultratinysam.data.readers import read_dataset
     from napari_ultratinysam.evaluation.metrics import agreement_iou
-    from napari_ultratinysam.prompts import interior_point
 
     ds = read_dataset(CAMVID, split="val", min_area=2110)  # 480x360 images: 2110 px = 150 px at 128x128
     ious, gt_a, gt_b = [], [], []
@@ -130,8 +130,8 @@ def _agreement_line(what: str, res, max_images: int | None) -> str:
 
 def bf16_agreement(max_images: int | None = None) -> str:
     """The same as int8_agreement for OpenVINO bf16 (encoder and decoder) against onnxruntime float."""
-    from napari_ultratinysam.checkpoints import DEFAULT_CHECKPOINT
-    from napari_ultratinysam.predictor import Predictor
+    from napari_ultratinysam.inference.predictor import Predictor
+    from napari_ultratinysam.model.checkpoints import DEFAULT_CHECKPOINT
 
     if not bf16_supported():
         return "- bf16 vs float agreement: not measured (no bf16 on this CPU, or openvino is not installed)"
@@ -148,8 +148,8 @@ def int8_agreement(max_images: int | None = None) -> str:
     the interior point of each CamVid val object of >= 150 px at 128x128 (the paper's size filter)."""
     import json
 
-    from napari_ultratinysam.checkpoints import DEFAULT_CHECKPOINT
-    from napari_ultratinysam.predictor import Predictor
+    from napari_ultratinysam.inference.predictor import Predictor
+    from napari_ultratinysam.model.checkpoints import DEFAULT_CHECKPOINT
 
     if not CAMVID.is_dir() or not DEFAULT_CHECKPOINT.exists():
         return "- int8 vs float agreement: not measured (CamVid or the shipped weights are absent)"
@@ -200,7 +200,7 @@ def openvino_decoder_profile(folder: Path, runs: int = 300) -> list[str]:
 
     import openvino as ov
 
-    from napari_ultratinysam.runtime_openvino import OpenVinoBackend
+    from napari_ultratinysam.inference.backends.openvino import OpenVinoBackend
 
     be = OpenVinoBackend(folder, precision="bf16")
     x = np.zeros((1, 3, be.image_size, be.image_size), np.float32)

@@ -1,4 +1,4 @@
-"""Segment everything (napari_ultratinysam.segment_all): seconds per 1024 x 1024 image on one thread with the
+"""Segment everything (napari_ultratinysam.inference.segment_all): seconds per 1024 x 1024 image on one thread with the
 fastest CPU backend (Predictor.from_default(backend="onnx", precision="auto")), with the batched decoder graph and
 with one decoder call per click, in the same run; and the recall of annotated objects at IoU >= 0.5 on the coins
 sample, COCO val (../shared/datasets/coco_train2017_subsets) and BSDS500 val (../shared/datasets/bsds500), by
@@ -39,14 +39,14 @@ def timing_images(n: int) -> tuple[list[np.ndarray], str]:
     if coco.is_dir():
         files = sorted(coco.iterdir())[:n]
         return [_resize(np.asarray(Image.open(f).convert("RGB"))) for f in files], "COCO val images"
-    from napari_ultratinysam.paths import sample_path
+    from napari_ultratinysam.core.paths import sample_path
 
     files = [sample_path(s) for s in ("chelsea.jpg", "coffee.jpg", "coins.png", "shapes.png")]
     return [_resize(np.asarray(Image.open(f).convert("RGB"))) for f in files][:n], "the package's samples"
 
 
 def recall_rows(pred, batched, items, name: str) -> tuple[list[str], float]:
-    from napari_ultratinysam.segment_all import recall_at, segment_all
+    from napari_ultratinysam.inference.segment_all import recall_at, segment_all
 
     found = np.zeros(len(SIZES), int)
     total = np.zeros(len(SIZES), int)
@@ -91,9 +91,9 @@ def main(argv=None) -> int:
     from PIL import Image
 
     from napari_ultratinysam import Predictor
-    from napari_ultratinysam.checkpoints import DEFAULT_CHECKPOINT, load_model
-    from napari_ultratinysam.paths import sample_path
-    from napari_ultratinysam.segment_all import batched_decoder, segment_all
+    from napari_ultratinysam.core.paths import sample_path
+    from napari_ultratinysam.inference.segment_all import batched_decoder, segment_all
+    from napari_ultratinysam.model.checkpoints import DEFAULT_CHECKPOINT, load_model
 
     torch.set_num_threads(1)
     pred = Predictor.from_default(backend="onnx", precision="auto", threads=1)

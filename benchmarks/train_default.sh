@@ -49,7 +49,7 @@ $PY -m napari_ultratinysam.cli train -c $CFG init_checkpoint=runs/continue_effne
     steps=1000000 time_budget_min=$CONT2_MIN lr=2.0e-4 warmup_steps=50 val_every=400 ckpt_every=150 \
     data.grayscale_p=0.15 out_dir=runs/continue2
 $PY - <<'PY'
-from napari_ultratinysam.checkpoints import load_model, read_checkpoint, save_checkpoint
+from napari_ultratinysam.model.checkpoints import load_model, read_checkpoint, save_checkpoint
 src = "runs/continue2/best.safetensors"
 _, _, extra = read_checkpoint(src)
 extra.update({"source": src, "recipe": "model/configs/train_scratch.yaml via benchmarks/train_default.sh "

@@ -38,7 +38,7 @@ def synthetic_batch(b: int, k: int, size: int = 128, seed: int = 0) -> dict:
 
 
 def measure(preset: str, steps: int, batch: int, objects: int, rounds: int) -> dict:
-    from napari_ultratinysam.network.build import build_model
+    from napari_ultratinysam.model.build import build_model
     from napari_ultratinysam.training.config import LossConfig, PromptConfig
     from napari_ultratinysam.training.loop import SimulatedStep, param_groups
 

@@ -33,9 +33,9 @@ def _open(name: str):
 
 def one_click_ious(predictor, ds, max_objects: int, thresholds) -> dict:
     """{threshold or None (rule off): [IoU per object]} for one interior click per object."""
-    import napari_ultratinysam.predictor as pm
+    import napari_ultratinysam.inference.predictor as pm
+    from napari_ultratinysam.core.prompts import interior_point
     from napari_ultratinysam.evaluation.metrics import agreement_iou
-    from napari_ultratinysam.prompts import interior_point
 
     out: dict = {t: [] for t in (None, *thresholds)}
     n = 0
@@ -54,8 +54,8 @@ def one_click_ious(predictor, ds, max_objects: int, thresholds) -> dict:
 
 
 def main() -> int:
-    import napari_ultratinysam.predictor as pm
-    from napari_ultratinysam.predictor import Predictor
+    import napari_ultratinysam.inference.predictor as pm
+    from napari_ultratinysam.inference.predictor import Predictor
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", default=None)

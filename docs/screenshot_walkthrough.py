@@ -53,8 +53,8 @@ def main() -> int:
     from qtpy.QtGui import QImage
     from qtpy.QtWidgets import QApplication, QScrollArea
 
-    from napari_ultratinysam.paths import sample_path
-    from napari_ultratinysam.segment_all import recall_at
+    from napari_ultratinysam.core.paths import sample_path
+    from napari_ultratinysam.inference.segment_all import recall_at
     from napari_ultratinysam.widgets.annotator import AnnotatorWidget
     from napari_ultratinysam.widgets.export_panel import ExportPanel
     from napari_ultratinysam.widgets.finetune_panel import FinetunePanel

@@ -6,7 +6,7 @@ extra. tests/test_base_install.py::test_shipped_onnx_graphs_are_current fails un
 """
 from __future__ import annotations
 
-from napari_ultratinysam.runtime_quant import write_shipped_onnx
+from napari_ultratinysam.inference.int8 import write_shipped_onnx
 
 if __name__ == "__main__":
     out = write_shipped_onnx()

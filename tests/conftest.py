@@ -43,14 +43,14 @@ def real(datasets: Path):
 
 @pytest.fixture(scope="session")
 def tiny_model():
-    from napari_ultratinysam.network.build import build_model
+    from napari_ultratinysam.model.build import build_model
 
     return build_model("tiny_test")
 
 
 @pytest.fixture(scope="session")
 def paper_model():
-    from napari_ultratinysam.network.build import build_model
+    from napari_ultratinysam.model.build import build_model
 
     return build_model("ultratinysam")
 

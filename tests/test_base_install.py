@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from napari_ultratinysam import runtime_quant as rq
-from napari_ultratinysam.paths import DEFAULT_CHECKPOINT, SAMPLE_DIR
-from napari_ultratinysam.runtime import EXPORT_FORMAT, SHARED_WEIGHTS
+from napari_ultratinysam.core.paths import DEFAULT_CHECKPOINT, SAMPLE_DIR
+from napari_ultratinysam.inference import int8 as rq
+from napari_ultratinysam.inference.backends.onnx import EXPORT_FORMAT, SHARED_WEIGHTS
 
 REPO = Path(__file__).resolve().parents[1]
 BLOCKED = ("torch", "torchvision", "timm")
@@ -82,8 +82,8 @@ def test_predictor_and_segment_run_without_torch(no_torch_env, tmp_path):
         import numpy as np
         from PIL import Image
         from napari_ultratinysam import Predictor
-        from napari_ultratinysam.cli import main
-        from napari_ultratinysam.runtime_quant import SHIPPED_ONNX_DIR
+        from napari_ultratinysam.cli.main import main
+        from napari_ultratinysam.inference.int8 import SHIPPED_ONNX_DIR
 
         image = np.asarray(Image.open({str(SAMPLE_DIR / "coffee.jpg")!r}))
         p = Predictor.from_default()
@@ -117,8 +117,8 @@ def test_commands_that_need_torch_name_the_extra(no_torch_env, tmp_path):
         assert "torch" in lines[0] and "[train]" in lines[0] and "pip install" in lines[0]
     r = run_py("""
         from napari_ultratinysam import Predictor
-        from napari_ultratinysam.extras import MissingExtraError
-        from napari_ultratinysam.paths import DEFAULT_CHECKPOINT
+        from napari_ultratinysam.core.extras import MissingExtraError
+        from napari_ultratinysam.core.paths import DEFAULT_CHECKPOINT
         try:
             Predictor.from_checkpoint(DEFAULT_CHECKPOINT, backend="torch")
         except MissingExtraError as e:
@@ -134,7 +134,7 @@ def test_finetune_panel_names_the_missing_extra(monkeypatch):
     import threading
 
     import napari_ultratinysam.training.loop as loop
-    from napari_ultratinysam.widgets.finetune_panel import _worker
+    from napari_ultratinysam.training.job import _worker
 
     def train(*a, **k):
         raise ModuleNotFoundError("No module named 'torch'", name="torch")
@@ -189,14 +189,14 @@ def test_a_stale_shipped_folder_is_not_used(tmp_path):
     assert rq.shipped_onnx_folder(folder=stale) is None  # an older export
     (stale / "config.json").write_text(json.dumps(meta))
     (stale / SHARED_WEIGHTS).unlink()
-    from napari_ultratinysam.runtime import read_onnx_folder
+    from napari_ultratinysam.inference.backends.onnx import read_onnx_folder
 
     with pytest.raises(FileNotFoundError, match="external_data"):
         read_onnx_folder(stale)
 
 
 def test_default_onnx_model_loads_without_an_export(monkeypatch):
-    import napari_ultratinysam.runtime as rt
+    import napari_ultratinysam.inference.backends.onnx as rt
     from napari_ultratinysam import Predictor
 
     def no_export(*a, **k):

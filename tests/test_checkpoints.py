@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from napari_ultratinysam.checkpoints import CheckpointError, load_model, read_checkpoint, save_checkpoint
-from napari_ultratinysam.network.build import build_model
+from napari_ultratinysam.model.build import build_model
+from napari_ultratinysam.model.checkpoints import CheckpointError, load_model, read_checkpoint, save_checkpoint
 
 
 def test_round_trip_keeps_weights_and_config(tmp_path, tiny_model):
@@ -40,7 +40,7 @@ def test_missing_truncated_foreign_and_mismatched(tmp_path, tiny_model):
     with pytest.raises(CheckpointError,
                        match=r"m.safetensors: does not match the ultratinysam architecture: \d+ missing"):
         load_model(p, config=other.cfg)
-    from napari_ultratinysam.config import ModelConfig
+    from napari_ultratinysam.core.config import ModelConfig
 
     wider = ModelConfig(**{**tiny_model.cfg.__dict__, "neck_dim": 48})
     with pytest.raises(CheckpointError, match=r"m.safetensors: .* has shape .* expects"):
@@ -64,7 +64,7 @@ def test_failed_save_leaves_previous_file_intact(tmp_path, tiny_model, monkeypat
 def test_average_checkpoints(tmp_path, tiny_model):
     import copy
 
-    from napari_ultratinysam.checkpoints import average_checkpoints
+    from napari_ultratinysam.model.checkpoints import average_checkpoints
 
     a = tiny_model
     b = copy.deepcopy(a)

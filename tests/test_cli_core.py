@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from napari_ultratinysam.checkpoints import save_checkpoint
-from napari_ultratinysam.cli import main
+from napari_ultratinysam.cli.main import main
+from napari_ultratinysam.model.checkpoints import save_checkpoint
 
 
 @pytest.fixture

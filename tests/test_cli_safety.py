@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from napari_ultratinysam import commands as core_commands
-from napari_ultratinysam.checkpoints import CheckpointError, read_checkpoint, save_checkpoint
-from napari_ultratinysam.cli import main
+from napari_ultratinysam.cli import predict as core_commands
+from napari_ultratinysam.cli.main import main
+from napari_ultratinysam.model.checkpoints import CheckpointError, read_checkpoint, save_checkpoint
 
 
 @pytest.fixture
@@ -114,7 +114,7 @@ def test_segment_output_in_a_read_only_folder_is_one_line(img, ckpt, tmp_path, c
 
 
 def test_fit_pick_refuses_a_folder_as_out_before_the_fit(ckpt, tmp_path, capsys, monkeypatch):
-    from napari_ultratinysam.training import commands as train_commands
+    from napari_ultratinysam.cli import train as train_commands
 
     called = []
     monkeypatch.setattr(train_commands, "_pick_data", lambda *a, **k: called.append(1))
@@ -250,7 +250,7 @@ def test_nan_or_inf_weights_are_refused_at_load(ckpt, img, tmp_path, capsys, bad
 
 
 def test_candidate_pick_with_nan_is_refused(tiny_model, tmp_path):
-    from napari_ultratinysam.pick import PICK_FEATURES
+    from napari_ultratinysam.core.config import PICK_FEATURES
 
     p = save_checkpoint(tiny_model, tmp_path / "m.safetensors")
     n = len(PICK_FEATURES)
@@ -282,7 +282,7 @@ def test_checkpoints_get_the_users_umask(tiny_model, tmp_path):
 _PEAK_SCRIPT = r"""
 import resource, sys
 import numpy as np
-from napari_ultratinysam.transforms import prepare_image, to_rgb_uint8
+from napari_ultratinysam.core.transforms import prepare_image, to_rgb_uint8
 kind = sys.argv[1]
 h, w = 9000, 8000
 if kind == "uint8":

@@ -4,7 +4,9 @@
   ``cli`` loads by name (a lazy import still ties the two modules together);
 - no ``from X import _name`` of another module's private name;
 - the library never imports the widgets or the command line (only the napari entry points may import widgets);
-- the Qt-free modules never import Qt.
+- the Qt-free modules never import Qt;
+- the layers (docs/design.md): each subpackage imports only the layers below it (``LAYERS``): the model imports no
+  file formats, the predictor and the data formats never import evaluation or training.
 """
 from __future__ import annotations
 
@@ -131,8 +133,7 @@ def _is_under(name: str, prefix: str) -> bool:
 
 
 def _is_cli(name: str) -> bool:
-    last = name.rsplit(".", 1)[-1]
-    return _is_under(name, f"{PKG}.cli") or last == "commands" or last.endswith(("_commands", "_command"))
+    return _is_under(name, f"{PKG}.cli")
 
 
 def _is_widget(name: str) -> bool:
@@ -153,8 +154,9 @@ def mods():
 
 
 def test_the_scanner_sees_the_package(mods):
-    assert f"{PKG}.predictor" in mods and f"{PKG}.cli" in mods
-    assert f"{PKG}.network.build" in mods[f"{PKG}.checkpoints"].imports
+    assert f"{PKG}.inference.predictor" in mods and f"{PKG}.cli.main" in mods
+    assert f"{PKG}.model.build" in mods[f"{PKG}.model.checkpoints"].imports
+    assert f"{PKG}.cli.predict" in mods[f"{PKG}.cli.main"].imports  # loaded by name
 
 
 def _where(mods, a: str, b: str) -> str:
@@ -188,6 +190,39 @@ def test_library_never_imports_widgets_or_cli(mods):
                 bad.append(where)
             elif _is_cli(target) and not _is_cli(m.name):
                 bad.append(where)
+    assert not bad, "\n".join(bad)
+
+
+# subpackage -> the subpackages it may import (besides itself and the root's private modules _version, _gui_safety)
+LAYERS = {
+    "core": set(),
+    "model": {"core"},
+    "inference": {"core", "model"},
+    "data": {"core"},
+    "evaluation": {"core", "data"},
+    "training": {"core", "data", "model", "inference", "evaluation"},
+    "compression": {"core", "data", "model", "inference", "evaluation", "training"},
+    "annotation": {"core", "data", "model", "inference", "compression"},
+}
+
+
+def _layer(name: str) -> str:
+    parts = name.split(".")
+    return parts[1] if len(parts) > 1 else ""
+
+
+def test_layers_import_only_the_layers_below(mods):
+    assert set(LAYERS) <= {_layer(m) for m in mods}, "a layer named in LAYERS is missing from the package"
+    bad = []
+    for m in mods.values():
+        allowed = LAYERS.get(_layer(m.name))
+        if allowed is None:
+            continue
+        for target, line in m.imports.items():
+            t = _layer(target)
+            if t and t != _layer(m.name) and t not in allowed and t not in ("_version", "_gui_safety"):
+                bad.append(f"{m.path.relative_to(PKG_DIR.parent)}:{line} imports {target} ({t} is not below "
+                           f"{_layer(m.name)})")
     assert not bad, "\n".join(bad)
 
 

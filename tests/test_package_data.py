@@ -1,5 +1,5 @@
 """The wheel is self-contained: it carries the shipped weights, the model presets and the sample images, and a copy
-unpacked outside the checkout finds them through napari_ultratinysam.paths."""
+unpacked outside the checkout finds them through napari_ultratinysam.core.paths."""
 from __future__ import annotations
 
 import os
@@ -54,8 +54,8 @@ import sys
 from pathlib import Path
 site = Path(sys.argv[1]).resolve()
 import napari_ultratinysam as pkg
-from napari_ultratinysam import paths
-from napari_ultratinysam.config import resolve_model_config
+from napari_ultratinysam.core import paths
+from napari_ultratinysam.core.config import resolve_model_config
 from napari_ultratinysam.widgets.samples import load_sample
 from safetensors import safe_open
 
@@ -81,8 +81,8 @@ print("ok")
 
 
 def test_preset_lookup_from_a_checkout(tmp_path):
-    from napari_ultratinysam import paths
-    from napari_ultratinysam.config import resolve_model_config
+    from napari_ultratinysam.core import paths
+    from napari_ultratinysam.core.config import resolve_model_config
     from napari_ultratinysam.training.config import load_train_config
 
     assert paths.model_preset("ultratinysam") == paths.MODEL_CONFIG_DIR / "ultratinysam.yaml"

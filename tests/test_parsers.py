@@ -1,4 +1,4 @@
-"""The one point / box text parser (napari_ultratinysam.parsers), used by `utsam segment`, `utsam quantize` /
+"""The one point / box text parser (napari_ultratinysam.core.parsers), used by `utsam segment`, `utsam quantize` /
 `export-imx500` and the Export to IMX500 panel alike."""
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import argparse
 
 import pytest
 
-from napari_ultratinysam.cli import build_parser
-from napari_ultratinysam.parsers import box_arg, parse_box, parse_point, parse_points, point_arg
+from napari_ultratinysam.cli.main import build_parser
+from napari_ultratinysam.core.parsers import box_arg, parse_box, parse_point, parse_points, point_arg
 from napari_ultratinysam.widgets.export_panel import parse_box_text, parse_points_text
 
 

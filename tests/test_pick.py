@@ -1,19 +1,12 @@
-"""The learned choice among a single click's candidates (napari_ultratinysam/pick.py) and its use by the predictor."""
+"""The learned choice among a single click's candidates (inference/pick.py) and its use by the predictor."""
 import copy
 
 import numpy as np
 import pytest
 
-from napari_ultratinysam.config import CandidatePick, ModelConfig, from_dict, to_dict
-from napari_ultratinysam.pick import (
-    PICK_FEATURES,
-    PickData,
-    candidate_features,
-    check_pick,
-    chosen_iou,
-    fit_candidate_pick,
-    pick_scores,
-)
+from napari_ultratinysam.core.config import PICK_FEATURES, CandidatePick, ModelConfig, check_pick, from_dict, to_dict
+from napari_ultratinysam.inference.pick import candidate_features, pick_scores
+from napari_ultratinysam.training.fit_pick import PickData, chosen_iou, fit_candidate_pick
 
 F = {n: i for i, n in enumerate(PICK_FEATURES)}
 
@@ -95,7 +88,7 @@ def test_pick_travels_in_the_model_config():
 
 
 def _predictor_with(model, pick):
-    from napari_ultratinysam.predictor import Predictor
+    from napari_ultratinysam.inference.predictor import Predictor
 
     m = copy.deepcopy(model)
     m.cfg = copy.deepcopy(model.cfg)
@@ -130,8 +123,8 @@ def test_predictor_orders_a_single_click_by_the_pick(tiny_model, rng):
 
 
 def test_best_first_is_respected_by_the_evaluation_and_the_annotator(tiny_model, rng):
+    from napari_ultratinysam.annotation.state import Candidates
     from napari_ultratinysam.evaluation.protocols import _best
-    from napari_ultratinysam.widgets.annotation_state import Candidates
 
     image = rng.integers(0, 255, (96, 128, 3)).astype(np.uint8)
     p = _predictor_with(tiny_model, prefer("score", -1.0))  # the lowest predicted IoU first
@@ -155,7 +148,7 @@ def test_pick_scores_is_the_mlp():
 
 
 def test_onnx_folder_carries_the_pick(tiny_model, tmp_path):
-    from napari_ultratinysam.runtime import export_onnx, read_onnx_folder
+    from napari_ultratinysam.inference.backends.onnx import export_onnx, read_onnx_folder
 
     m = copy.deepcopy(tiny_model)
     m.cfg = copy.deepcopy(tiny_model.cfg)
@@ -166,7 +159,7 @@ def test_onnx_folder_carries_the_pick(tiny_model, tmp_path):
 
 
 def test_collect_pick_data_clicks_each_big_enough_object_three_ways(tiny_model, rng):
-    from napari_ultratinysam.pick import collect_pick_data
+    from napari_ultratinysam.training.fit_pick import collect_pick_data
 
     p = _predictor_with(tiny_model, prefer("token_3"))  # the data ignore the predictor's own pick
     image = rng.integers(0, 255, (96, 128, 3)).astype(np.uint8)
@@ -187,7 +180,7 @@ def test_collect_pick_data_clicks_each_big_enough_object_three_ways(tiny_model, 
 
 
 def test_features_are_computed_only_when_needed(tiny_model, rng, monkeypatch):
-    import napari_ultratinysam.pick as pick_mod
+    import napari_ultratinysam.inference.pick as pick_mod
 
     calls = []
     real = pick_mod.candidate_features

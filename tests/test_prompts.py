@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from napari_ultratinysam import prompts
+from napari_ultratinysam.core import prompts
 
 
 def _sq(hw, y0, x0, sy, sx=None):

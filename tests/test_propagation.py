@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from napari_ultratinysam.propagation import PropagationResult, mask_to_lowres, propagate
-from napari_ultratinysam.transforms import geometry_for, logits_to_image
+from napari_ultratinysam.core.transforms import geometry_for, logits_to_image
+from napari_ultratinysam.inference.propagation import PropagationResult, mask_to_lowres, propagate
 
 
 def disc_stack(n=20, h=256, w=256, r=40, present=lambda i: True, seed=0):

@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from napari_ultratinysam.predictor import Predictor
-from napari_ultratinysam.refine import RefineConfig, merge_at_click, obey_clicks, refine
+from napari_ultratinysam.inference.predictor import Predictor
+from napari_ultratinysam.inference.refine import RefineConfig, merge_at_click, obey_clicks, refine
 
 
 def _square_image(h=256, w=256, box=(60, 70, 190, 180)):

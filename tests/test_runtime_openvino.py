@@ -5,14 +5,14 @@ import json
 import numpy as np
 import pytest
 
-from napari_ultratinysam import runtime_quant as rq
-from napari_ultratinysam.checkpoints import DEFAULT_CHECKPOINT
-from napari_ultratinysam.paths import SAMPLE_DIR
-from napari_ultratinysam.predictor import Predictor
-from napari_ultratinysam.runtime import OnnxBackend, export_onnx
+from napari_ultratinysam.core.paths import SAMPLE_DIR
+from napari_ultratinysam.inference import int8 as rq
+from napari_ultratinysam.inference.backends.onnx import OnnxBackend, export_onnx
+from napari_ultratinysam.inference.predictor import Predictor
+from napari_ultratinysam.model.checkpoints import DEFAULT_CHECKPOINT
 
 pytest.importorskip("openvino")
-from napari_ultratinysam.runtime_openvino import OpenVinoBackend  # noqa: E402
+from napari_ultratinysam.inference.backends.openvino import OpenVinoBackend  # noqa: E402
 
 SAMPLES = SAMPLE_DIR
 BF16_CPU = {"avx2": True, "avx512_bf16": True, "amx_bf16": True}
@@ -131,7 +131,7 @@ def test_bad_input(onnx_folder, tmp_path, monkeypatch):
 
 
 def test_predictor_falls_back_to_float_when_openvino_fails(tiny_model, monkeypatch, caplog):
-    import napari_ultratinysam.runtime_openvino as ro
+    import napari_ultratinysam.inference.backends.openvino as ro
 
     monkeypatch.setattr(rq, "cpu_capabilities", lambda *a: dict(BF16_CPU))
 
@@ -154,8 +154,8 @@ def test_bf16_masks_agree_with_float_on_the_shipped_model():
     single-click graph gave ~0.3."""
     from PIL import Image
 
+    from napari_ultratinysam.core.prompts import interior_point
     from napari_ultratinysam.evaluation.metrics import agreement_iou
-    from napari_ultratinysam.prompts import interior_point
 
     fp = Predictor.from_default(backend="onnx")
     bp = Predictor.from_default(backend="onnx", precision="bf16")
@@ -181,7 +181,7 @@ def test_bf16_keeps_the_high_resolution_trunk_layers_in_float32(onnx_folder):
     backend runs every convolution in float32."""
     import openvino as ov
 
-    from napari_ultratinysam.runtime_openvino import highres_trunk_layers
+    from napari_ultratinysam.inference.backends.openvino import highres_trunk_layers
 
     model = ov.Core().read_model(str(onnx_folder / "encoder.onnx"))
     convs = [op for op in model.get_ordered_ops() if op.get_type_name() in ("Convolution", "GroupConvolution")]
@@ -199,9 +199,9 @@ def test_bf16_agrees_on_camvid_val_objects(real):
     """The issue's check on a small set (the full split is in BENCHMARKS.md: mean mask IoU 0.983 over 764 objects):
     one click at the interior of each object of the first 10 CamVid val images (70 objects; measured 0.988 on an
     AMD Zen 4 with the decoder's int8 weights, 0.990 on an AMX Xeon before them)."""
+    from napari_ultratinysam.core.prompts import interior_point
     from napari_ultratinysam.data.readers import read_dataset
     from napari_ultratinysam.evaluation.metrics import agreement_iou
-    from napari_ultratinysam.prompts import interior_point
 
     ds = read_dataset(real("camvid"), split="val", min_area=2110)  # >= 150 px at 128x128 (the paper's size filter)
     fp = Predictor.from_default(backend="onnx")
@@ -222,7 +222,7 @@ def test_int8_matmul_weights_quantizes_per_output_channel(onnx_folder):
     products within int8 rounding (float precision, so only the weights differ)."""
     import openvino as ov
 
-    from napari_ultratinysam.runtime_openvino import _compile, int8_matmul_weights
+    from napari_ultratinysam.inference.backends.openvino import _compile, int8_matmul_weights
 
     core = ov.Core()
     plain = core.read_model(str(onnx_folder / "decoder_nomask.onnx"))

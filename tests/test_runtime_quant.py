@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from napari_ultratinysam import runtime_quant as rq
-from napari_ultratinysam.checkpoints import DEFAULT_CHECKPOINT, save_checkpoint
-from napari_ultratinysam.cli import main
-from napari_ultratinysam.paths import SAMPLE_DIR as SAMPLE_DATA
-from napari_ultratinysam.predictor import Predictor
-from napari_ultratinysam.runtime import OnnxBackend
+from napari_ultratinysam.cli.main import main
+from napari_ultratinysam.core.paths import SAMPLE_DIR as SAMPLE_DATA
+from napari_ultratinysam.inference import int8 as rq
+from napari_ultratinysam.inference.backends.onnx import OnnxBackend
+from napari_ultratinysam.inference.predictor import Predictor
+from napari_ultratinysam.model.checkpoints import DEFAULT_CHECKPOINT, save_checkpoint
 
 AVX2_ONLY = {"avx2": True}
 NONE = {}
@@ -100,7 +100,7 @@ def test_quantization_failure_falls_back_to_float(tiny_model, monkeypatch, caplo
 
 # ------------------------------------------------------------------ the folder
 def test_quantize_tiny_folder_with_given_calibration(tmp_path, tiny_model, rng):
-    from napari_ultratinysam.runtime import export_onnx
+    from napari_ultratinysam.inference.backends.onnx import export_onnx
 
     export_onnx(tiny_model, tmp_path / "float")
     calib = [rng.integers(0, 255, (48, 64, 3), dtype=np.uint8) for _ in range(3)]
@@ -124,7 +124,7 @@ def test_quantize_tiny_folder_with_given_calibration(tmp_path, tiny_model, rng):
 def _sample_clicks():
     cases = []
     for name, inst in (("coins.png", "coins_instances.png"), ("shapes.png", "shapes_instances.png")):
-        from napari_ultratinysam.prompts import interior_point
+        from napari_ultratinysam.core.prompts import interior_point
 
         ids = np.asarray(Image.open(SAMPLE_DATA / inst))
         cases.append((np.asarray(Image.open(SAMPLE_DATA / name)),
@@ -172,7 +172,7 @@ def test_float_folder_is_cached_and_rebuilt_when_stale(tiny_model, cache_dir, mo
     older export format is rebuilt."""
     import json
 
-    import napari_ultratinysam.runtime as rt
+    import napari_ultratinysam.inference.backends.onnx as rt
 
     folder = rq.onnx_folder_for_model(tiny_model)
     assert cache_dir in folder.parents and folder.name == "float"
@@ -192,8 +192,8 @@ def test_float_folder_is_cached_and_rebuilt_when_stale(tiny_model, cache_dir, mo
 
 def test_camvid_val_objects_agree(shipped_int8, shipped_float, real):
     root = real("camvid")
+    from napari_ultratinysam.core.prompts import interior_point
     from napari_ultratinysam.data.readers import read_dataset
-    from napari_ultratinysam.prompts import interior_point
 
     ds = read_dataset(root, split="val", min_area=2110)  # >= 150 px at 128x128 (the paper's size filter)
     cases = []

@@ -3,11 +3,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from napari_ultratinysam import segment_all as sa
-from napari_ultratinysam.checkpoints import save_checkpoint
-from napari_ultratinysam.cli import main
-from napari_ultratinysam.paths import sample_path
-from napari_ultratinysam.predictor import Predictor
+from napari_ultratinysam.cli.main import main
+from napari_ultratinysam.core.paths import sample_path
+from napari_ultratinysam.inference import segment_all as sa
+from napari_ultratinysam.inference.predictor import Predictor
+from napari_ultratinysam.model.checkpoints import save_checkpoint
 
 
 @pytest.fixture(scope="module")

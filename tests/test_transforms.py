@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from napari_ultratinysam.transforms import (
+from napari_ultratinysam.core.transforms import (
     bilinear_weights,
     geometry_for,
     letterbox,
@@ -120,7 +120,7 @@ def test_resize_uint8_in_strips_equals_whole(monkeypatch):
     """A huge image's horizontal pass runs on strips of rows; the result is the one in one piece (up to float
     rounding: the matrix products' summation order depends on their shapes), and a read-only input is accepted
     (np.asarray of a PIL image)."""
-    import napari_ultratinysam.transforms as T
+    import napari_ultratinysam.core.transforms as T
 
     img = np.random.default_rng(1).integers(0, 256, (301, 257, 3), dtype=np.uint8)
     whole = resize_uint8(img, (97, 128))
@@ -149,7 +149,7 @@ def test_resize_mask_matches_torch_nearest_exact(hw_in, hw_out):
 
 def test_normalize_np_equals_torch_normalize():
     pytest.importorskip("torch")
-    from napari_ultratinysam.transforms import normalize
+    from napari_ultratinysam.core.transforms import normalize
 
     img = np.random.default_rng(3).integers(0, 256, (2, 16, 24, 3), dtype=np.uint8)
     out = normalize_np(img)
@@ -159,7 +159,7 @@ def test_normalize_np_equals_torch_normalize():
 
 def test_logits_to_image_matches_torch_matmul():
     torch = pytest.importorskip("torch")
-    from napari_ultratinysam.transforms import _bilinear_weights
+    from napari_ultratinysam.core.transforms import _bilinear_weights
 
     geo = geometry_for((300, 500), 128)
     low = np.random.default_rng(4).standard_normal((3, 32, 32)).astype(np.float32)

@@ -8,7 +8,7 @@ import pytest
 
 import napari_ultratinysam
 from napari_ultratinysam import _version
-from napari_ultratinysam.cli import main
+from napari_ultratinysam.cli.main import main
 
 try:
     import tomllib

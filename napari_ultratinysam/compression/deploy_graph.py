@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn as nn
 
-from ..transforms import PIXEL_MEAN, PIXEL_STD
+from napari_ultratinysam.core.transforms import PIXEL_MEAN, PIXEL_STD
 
 PROMPT_MODES = ("center-point", "points", "box")
 INPUT_SCALE = 1.0 / 256.0  # the IMX500 input tensor: uint8 pixels, scale 1/256 (dnnParams.xml, imx500-package)
@@ -141,8 +141,8 @@ def set_deploy_forms(model) -> dict:
 
     Returns the previous state for :func:`restore_forms`. The function computed is unchanged.
     """
-    from ..network.trunks import Attention as TrunkAttention
-    from ..network.trunks import MobileViTBlock
+    from napari_ultratinysam.model.trunks import Attention as TrunkAttention
+    from napari_ultratinysam.model.trunks import MobileViTBlock
 
     trunk = model.image_encoder.trunk
     prev = {"safe": {}, "static_hw": {}}
@@ -355,7 +355,7 @@ class DeployGraph(nn.Module):
     def reference(self, x: torch.Tensor):
         """The float model's own path for the same input and prompt: decode(encode(normalize(pixels)), prompt),
         with pixels = x * 256 (x as the deploy graph takes it)."""
-        from ..network.model import select_masks
+        from napari_ultratinysam.model.ultratinysam import select_masks
 
         m = self.model
         mean = torch.tensor(PIXEL_MEAN).view(1, 3, 1, 1)

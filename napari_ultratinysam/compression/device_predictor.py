@@ -44,9 +44,9 @@ from typing import Callable, Hashable, Sequence
 import numpy as np
 import torch
 
-from ..predictor import Prediction, Predictor, as_points
-from ..transforms import bilinear_weights, resize_uint8, to_rgb_uint8
-from .deploy_graph import BakedPrompt, DeployGraph, make_prompt, to_graph_input
+from napari_ultratinysam.compression.deploy_graph import BakedPrompt, DeployGraph, make_prompt, to_graph_input
+from napari_ultratinysam.core.transforms import bilinear_weights, resize_uint8, to_rgb_uint8
+from napari_ultratinysam.inference.predictor import Prediction, Predictor, as_points
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +170,7 @@ class DevicePredictor:
         """The quantized IMX500 ONNX (onnxruntime + mct-quantizers ops). ``path``: the .onnx or the export
         folder. The baked prompt is read from ``metadata.json`` beside it (written by ``utsam export-imx500`` /
         ``utsam quantize``); without one, ``prompt`` or else the centre point is assumed (logged)."""
-        from .quantize import QuantizedOnnxRunner
+        from napari_ultratinysam.compression.quantize import QuantizedOnnxRunner
 
         onnx, meta_path = resolve_onnx_path(path)
         runner = QuantizedOnnxRunner(onnx, threads=threads)
@@ -228,7 +228,7 @@ class DevicePredictor:
     @classmethod
     def from_checkpoint_float(cls, checkpoint: str | Path | None = None, **kw) -> "DevicePredictor":
         """:meth:`from_float` of a checkpoint (default: the shipped weights)."""
-        from .quantize import load_export_model
+        from napari_ultratinysam.compression.quantize import load_export_model
 
         net, source = load_export_model(checkpoint=checkpoint)
         dp = cls.from_float(net, copy_model=False, **kw)
@@ -416,9 +416,9 @@ def device_agreement(float_dp: DevicePredictor, quant_dps: "DevicePredictor | di
     (PTQ, QAT) on the same objects. Returns, for one predictor, {num_objects, mean_iou, median_iou, min_iou,
     miou@1_float, miou@1_quantized, per_object}; for a dict, {num_objects, miou@1_float, per_object_float,
     name: {mean_iou, median_iou, min_iou, miou@1, per_object}}."""
-    from .. import prompts
-    from ..evaluation import metrics
-    from ..evaluation.protocols import squashed_area
+    from napari_ultratinysam.core import prompts
+    from napari_ultratinysam.evaluation import metrics
+    from napari_ultratinysam.evaluation.protocols import squashed_area
 
     single = isinstance(quant_dps, DevicePredictor)
     qs = {"quantized": quant_dps} if single else dict(quant_dps)

@@ -31,8 +31,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from ..io_utils import atomic_path, atomic_write_json, atomic_write_text
-from .metadata import build_metadata
+from napari_ultratinysam.compression.metadata import build_metadata
+from napari_ultratinysam.core.io import atomic_path, atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -413,7 +413,7 @@ def export_imx500(checkpoint: str | Path | None = None, prompt: str = "center-po
     ``model`` passes a live UltraTinySAM (the panel's model in use; it is copied, not modified).
     ``progress(message, fraction)`` is called throughout (fraction in [0, 1] or None).
     """
-    from .quantize import METHODS, quantize_to_onnx
+    from napari_ultratinysam.compression.quantize import METHODS, quantize_to_onnx
 
     if method.lower() not in METHODS:
         raise ValueError(f"unknown quantization method {method!r}; choose ptq or qat")

@@ -7,9 +7,9 @@ from __future__ import annotations
 def build_metadata(graph, model_source: str, method: str, memory=None, extra: dict | None = None) -> dict:
     """metadata.json of a quantized deploy graph: model, input tensor, baked prompt, outputs, post-processing, ROI
     steering and quantization; with ``memory`` (an ``imx500.MemoryReport``) the converter's memory figures."""
-    from ..config import to_dict
-    from ..transforms import PIXEL_MEAN, PIXEL_STD
-    from .deploy_graph import INPUT_SCALE
+    from napari_ultratinysam.compression.deploy_graph import INPUT_SCALE
+    from napari_ultratinysam.core.config import to_dict
+    from napari_ultratinysam.core.transforms import PIXEL_MEAN, PIXEL_STD
 
     cfg = graph.model.cfg
     s = cfg.image_size

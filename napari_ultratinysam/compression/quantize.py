@@ -27,9 +27,9 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 import torch
 
-from ..evaluation.metrics import agreement_iou
-from ..transforms import geometry_for, letterbox, letterbox_masks, to_rgb_uint8
-from .deploy_graph import BakedPrompt, DeployGraph, to_graph_input
+from napari_ultratinysam.compression.deploy_graph import BakedPrompt, DeployGraph, to_graph_input
+from napari_ultratinysam.core.transforms import geometry_for, letterbox, letterbox_masks, to_rgb_uint8
+from napari_ultratinysam.evaluation.metrics import agreement_iou
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +177,7 @@ def _builtin_images() -> list[tuple[str, np.ndarray]]:
 
 def default_calibration_source() -> Path | None:
     """The bundled sample data, when it holds anything; else None (scikit-image photos are used)."""
-    from ..paths import SAMPLE_DIR
+    from napari_ultratinysam.core.paths import SAMPLE_DIR
 
     p = SAMPLE_DIR
     if p.is_dir() and any(c for c in p.iterdir() if not c.name.startswith(".")):
@@ -190,7 +190,7 @@ _MASK_SUFFIXES = ("_instances", "_instance", "_mask", "_masks", "_labels", "_lab
 
 def _image_files(folder: Path) -> list[tuple[Path, Path | None]]:
     """Plain image folder: (image, its ``<stem>_instances.png`` id map or None); the id maps are not images."""
-    from ..data.readers._common import IMAGE_EXTS
+    from napari_ultratinysam.data.readers._common import IMAGE_EXTS
 
     files = sorted(f for f in folder.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTS
                    and not f.name.startswith("."))
@@ -205,8 +205,8 @@ def _image_files(folder: Path) -> list[tuple[Path, Path | None]]:
 
 def _open_source(source: str | Path, split: str | None):
     """A dataset (any reader format, the train split when present) or a plain folder of images."""
-    from ..data.readers import read_dataset
-    from ..data.readers._common import IMAGE_EXTS
+    from napari_ultratinysam.data.readers import read_dataset
+    from napari_ultratinysam.data.readers._common import IMAGE_EXTS
 
     p = Path(source)
     if not p.exists():
@@ -381,8 +381,8 @@ def _pad_to_all_tokens(masks: torch.Tensor, iou: torch.Tensor, indices: tuple[in
 
 def _losses():
     """The training losses (training/losses.py) and their default weights."""
-    from ..training.config import LossConfig
-    from ..training.losses import sam_loss
+    from napari_ultratinysam.training.config import LossConfig
+    from napari_ultratinysam.training.losses import sam_loss
 
     return sam_loss, LossConfig()
 
@@ -548,7 +548,7 @@ class QuantizedOnnxRunner:
 
     def predict_mask(self, image_uint8: np.ndarray) -> tuple[np.ndarray, float]:
         """The best mask (highest predicted IoU) at image resolution, bool (H, W), and its predicted IoU."""
-        from ..transforms import logits_to_image
+        from napari_ultratinysam.core.transforms import logits_to_image
 
         logits, iou = self.predict_lowres(image_uint8)
         k = int(np.argmax(iou))
@@ -592,14 +592,14 @@ def load_export_model(checkpoint=None, config=None, model=None):
     ``config`` (a preset name or YAML) builds random weights; else ``checkpoint`` or the shipped weights."""
     import copy
 
-    from ..checkpoints import DEFAULT_CHECKPOINT, load_model
+    from napari_ultratinysam.model.checkpoints import DEFAULT_CHECKPOINT, load_model
 
     if sum(v is not None for v in (checkpoint, config, model)) > 1:
         raise ValueError("give one of a checkpoint, a config preset (random weights) or a model")
     if model is not None:
         return copy.deepcopy(model).eval(), "the model in use"
     if config is not None:
-        from ..network.build import build_model
+        from napari_ultratinysam.model.build import build_model
 
         return build_model(config), f"config {config} (random weights)"
     path = Path(checkpoint) if checkpoint is not None else DEFAULT_CHECKPOINT
@@ -643,7 +643,7 @@ def quantize_to_onnx(checkpoint=None, prompt: str = "center-point", points=None,
 
     The returned graph still holds the model in its deploy form: call ``result.graph.release()`` when done.
     """
-    from .deploy_graph import make_prompt
+    from napari_ultratinysam.compression.deploy_graph import make_prompt
 
     method = method.lower()
     if method not in METHODS:
@@ -685,8 +685,8 @@ def quantize_to_onnx(checkpoint=None, prompt: str = "center-point", points=None,
                               f"{agreement['num_images']} calibration images", at(1.0))
         # the baked prompt beside the ONNX, so DevicePredictor.from_quantized_onnx can read it (export_imx500 and
         # `utsam quantize` rewrite this file with the memory report / times)
-        from ..io_utils import atomic_write_json
-        from .metadata import build_metadata
+        from napari_ultratinysam.compression.metadata import build_metadata
+        from napari_ultratinysam.core.io import atomic_write_json
 
         atomic_write_json(out / "metadata.json", build_metadata(graph, source, method, None, {
             "calibration": {"source": str(calibration) if calibration else "default", "num_images": num_images},

@@ -38,15 +38,15 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 from PIL import Image
 
-from ..io_utils import atomic_write_json, fsync_dir, umask
+from napari_ultratinysam.core.io import atomic_write_json, fsync_dir, umask
 
 try:
     import fcntl
 except ImportError:  # pragma: no cover - Windows: no flock; stale stages are then removed unconditionally
     fcntl = None
-from .readers._common import Color, Dataset, default_colors
-from .readers.ours import DATASET_JSON, FORMAT_TAG, annot_dir, inst_dir, load_meta
-from .types import AnnotatedImage
+from napari_ultratinysam.data.readers._common import Color, Dataset, default_colors
+from napari_ultratinysam.data.readers.ours import DATASET_JSON, FORMAT_TAG, annot_dir, inst_dir, load_meta
+from napari_ultratinysam.data.types import AnnotatedImage
 
 VOID_NAME = "Unlabelled"
 SPLITS = ("train", "val", "test")
@@ -399,7 +399,7 @@ def _from_items(items, classes: Sequence[str] | None, colors: Sequence[Color] | 
 
 
 def _resolve_source(source, classes, colors, include_empty: bool) -> _Source:
-    from .project import Project
+    from napari_ultratinysam.data.project import Project
 
     if isinstance(source, Project):
         src = _from_project(source, include_empty)
@@ -424,7 +424,7 @@ def existing_export(out_dir: Path) -> str | None:
         raise ValueError(f"{out_dir}: exists and is not a folder")
     if (out_dir / DATASET_JSON).is_file():
         return "camvid"
-    from .export_formats import detect_export
+    from napari_ultratinysam.data.export_formats import detect_export
 
     kind = detect_export(out_dir)
     if kind is not None:
@@ -515,7 +515,7 @@ def export_dataset(source, out_dir: str | Path, ratios: Sequence[float] | str = 
     in atomically, so a failure or a kill leaves the previous export intact.
     """
 
-    from .._version import __version__
+    from napari_ultratinysam._version import __version__
 
     out_dir = Path(out_dir)
     if format not in EXPORT_FORMATS:
@@ -569,7 +569,7 @@ def _export_whole(fmt: str, src: _Source, out_dir: Path, ratios: Sequence[float]
     """Write ``src`` as a COCO or YOLO export (export_formats' writers) to ``out_dir``, staged and swapped in
     whole."""
 
-    from .export_formats import format_writer
+    from napari_ultratinysam.data.export_formats import format_writer
 
     previous: set[str] = set()
     if existing_export(out_dir) == fmt and (out_dir / "images").is_dir():

@@ -26,7 +26,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .types import AnnotatedImage
+from napari_ultratinysam.data.types import AnnotatedImage
 
 COCO_TAG = "napari-ultratinysam/coco-instances"
 YOLO_TAG = "napari-ultratinysam/yolo-segmentation"
@@ -121,7 +121,7 @@ class _CocoWriter:
         return n
 
     def finish(self, splits: Sequence[str]) -> None:
-        from .._version import __version__
+        from napari_ultratinysam._version import __version__
 
         cats = [{"id": k + 1, "name": n, "supercategory": "object"} for k, n in enumerate(self.classes.names)]
         info = {"format": COCO_TAG, "description": f"exported by napari-ultratinysam from {self.description}",

@@ -30,9 +30,9 @@ from typing import Callable
 
 import numpy as np
 
-from .project import MAX_ID, PROJECT_JSON, Project
-from .readers._common import Color, Dataset, default_colors, find_by_stem, list_images
-from .types import AnnotatedImage
+from napari_ultratinysam.data.project import MAX_ID, PROJECT_JSON, Project
+from napari_ultratinysam.data.readers._common import Color, Dataset, default_colors, find_by_stem, list_images
+from napari_ultratinysam.data.types import AnnotatedImage
 
 UNCLASSIFIED = "object"
 IMAGES_DIR = "images"
@@ -94,7 +94,7 @@ class _Staged:
 def _paired_masks(images: Path, masks: Path, min_area: int) -> Dataset:
     """A folder of images and a folder of masks made by another tool, paired by file stem; an image without a
     mask simply has no objects yet (the folder reader decodes each mask)."""
-    from .readers.folder import load_pair
+    from napari_ultratinysam.data.readers.folder import load_pair
 
     if not masks.is_dir():
         raise FileNotFoundError(f"{masks}: masks folder not found")
@@ -109,7 +109,7 @@ def _paired_masks(images: Path, masks: Path, min_area: int) -> Dataset:
     def load(i: int) -> AnnotatedImage:
         img, mask = pairs[i]
         if mask is None:
-            from .readers._common import read_rgb
+            from napari_ultratinysam.data.readers._common import read_rgb
 
             image = read_rgb(img)
             return AnnotatedImage(image, np.zeros((0,) + image.shape[:2], bool), np.zeros(0, np.int64),
@@ -127,7 +127,7 @@ def open_source(src: str | Path, format: str = "auto", masks: str | Path | None 
         if format not in ("auto", "folder"):
             raise ValueError(f"format: {format!r} does not take a separate masks folder (use auto or folder)")
         return _paired_masks(src, Path(masks), int(min_area))
-    from .readers import read_dataset
+    from napari_ultratinysam.data.readers import read_dataset
 
     return read_dataset(src, format=format, split=split, min_area=int(min_area), **reader_kw)
 
@@ -244,7 +244,7 @@ def import_labels(src: str | Path, project_folder: str | Path, format: str = "au
     """
     from tqdm import tqdm
 
-    from .export import staged_dir
+    from napari_ultratinysam.data.export import staged_dir
 
     folder = Path(project_folder)
     _check_target(folder)

@@ -17,9 +17,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .. import _gui_safety  # noqa: F401  (napari process: keep torch away from Triton)
-from .readers import Dataset, read_dataset
-from .types import AnnotatedImage
+from napari_ultratinysam import _gui_safety  # noqa: F401  (napari process: keep torch away from Triton)
+from napari_ultratinysam.data.readers import Dataset, read_dataset
+from napari_ultratinysam.data.types import AnnotatedImage
 
 LayerData = tuple[Any, dict, str]
 PLUGIN = "napari-ultratinysam"
@@ -36,8 +36,8 @@ def _single(path: str | list[str]) -> Path | None:
 
 
 def _is_project(folder: Path) -> bool:
-    from ..io_utils import read_tagged_json
-    from .project import PROJECT_FORMAT
+    from napari_ultratinysam.core.io import read_tagged_json
+    from napari_ultratinysam.data.project import PROJECT_FORMAT
 
     try:
         read_tagged_json(folder / PROJECT_JSON, "format", PROJECT_FORMAT, "a napari-ultratinysam project file")
@@ -47,7 +47,7 @@ def _is_project(folder: Path) -> bool:
 
 
 def _is_dataset(folder: Path) -> bool:
-    from .readers import ours
+    from napari_ultratinysam.data.readers import ours
 
     return (folder / DATASET_JSON).is_file() and ours.detect(folder)
 
@@ -102,7 +102,7 @@ def _read_project(path: str | list[str]) -> list[LayerData]:
 def open_project_in_viewer(viewer: Any, folder: str | Path) -> Any:
     """The viewer's annotator (docked now if needed) annotating the project at ``folder``; ValueError / OSError
     (one line) when the project cannot be opened."""
-    from .project import Project
+    from napari_ultratinysam.data.project import Project
 
     folder = Path(folder)
     _dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Annotator")
@@ -117,7 +117,7 @@ def write_labels(path: str, data: Any, meta: dict) -> list[str]:
     """npe2 writer: one 2-D Labels layer -> a label PNG (ids as pixel values; 8-bit if they fit, else 16-bit)."""
     from PIL import Image
 
-    from ..io_utils import atomic_path
+    from napari_ultratinysam.core.io import atomic_path
 
     arr = np.asarray(data)
     name = meta.get("name", "labels")

@@ -26,10 +26,10 @@ import numpy as np
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from ..io_utils import atomic_path, atomic_write_json, read_tagged_json, try_lock
-from .readers._common import Color, default_colors, image_size, list_images, read_rgb
-from .readers.camvid import CAMVID_CLASSES, CAMVID_COLORS
-from .types import AnnotatedImage
+from napari_ultratinysam.core.io import atomic_path, atomic_write_json, read_tagged_json, try_lock
+from napari_ultratinysam.data.readers._common import Color, default_colors, image_size, list_images, read_rgb
+from napari_ultratinysam.data.readers.camvid import CAMVID_CLASSES, CAMVID_COLORS
+from napari_ultratinysam.data.types import AnnotatedImage
 
 log = logging.getLogger(__name__)
 
@@ -256,7 +256,7 @@ class Project:
         entries = [{"name": n, "path": cls._rel(folder, p), "size": list(image_size(p))} for n, p in zip(names, paths)]
         cls_names = list(classes) if classes is not None else list(CAMVID_CLASSES)
         cls_colors = cls._colors_for(cls_names, colors, classes is None)
-        from .._version import __version__
+        from napari_ultratinysam._version import __version__
 
         state = {"format": PROJECT_FORMAT, "version": PROJECT_VERSION, "tool_version": __version__,
                  "created": _now(), "generation": 0,

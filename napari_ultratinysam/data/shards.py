@@ -1,7 +1,7 @@
 """Preprocess any readable dataset into compact training shards at the model resolution (read back by
 :class:`.readers.shards.ShardDataset`, also importable from here).
 
-Each image is letterboxed with :mod:`napari_ultratinysam.transforms` (longest side = ``size``, zero padding at the
+Each image is letterboxed with :mod:`napari_ultratinysam.core.transforms` (longest side = ``size``, zero padding at the
 bottom/right); masks under ``min_area`` pixels at that resolution are dropped, then images left without objects.
 
 ``OUT/index.json`` lists the shards; each ``OUT/shard_NNNNN.npz`` holds (B images, M objects):
@@ -23,12 +23,12 @@ from typing import Iterable
 import numpy as np
 from PIL import Image
 
-from ..io_utils import atomic_path, atomic_write_json
-from ..transforms import letterbox, letterbox_masks
-from .export import staged_dir
-from .readers._common import Dataset
-from .readers.shards import INDEX, SHARD_FORMAT, ShardDataset
-from .types import AnnotatedImage
+from napari_ultratinysam.core.io import atomic_path, atomic_write_json
+from napari_ultratinysam.core.transforms import letterbox, letterbox_masks
+from napari_ultratinysam.data.export import staged_dir
+from napari_ultratinysam.data.readers._common import Dataset
+from napari_ultratinysam.data.readers.shards import INDEX, SHARD_FORMAT, ShardDataset
+from napari_ultratinysam.data.types import AnnotatedImage
 
 CODECS = ("jpeg", "raw")
 
@@ -145,7 +145,7 @@ class _ShardWriter:
 
 def _open_input(input, format: str, split: str | None, reader_kw: dict | None) -> Dataset | Iterable[AnnotatedImage]:
     if isinstance(input, (str, Path)):
-        from .readers import read_dataset
+        from napari_ultratinysam.data.readers import read_dataset
 
         return read_dataset(input, format=format, split=split, **(reader_kw or {}))
     return input

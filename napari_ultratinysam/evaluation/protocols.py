@@ -13,9 +13,9 @@ from typing import Any, Protocol, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from .. import prompts
-from ..data.types import AnnotatedImage
-from . import metrics
+from napari_ultratinysam.core import prompts
+from napari_ultratinysam.data.types import AnnotatedImage
+from napari_ultratinysam.evaluation import metrics
 
 PAPER_MODES = ("1click", "1click_interior", "3clicks", "5clicks", "box")
 DEFAULT_PAPER_MODES = PAPER_MODES

@@ -14,9 +14,9 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ..io_utils import atomic_write_bytes, atomic_write_text
-from . import metrics
-from .protocols import InteractiveResult, PaperResult
+from napari_ultratinysam.core.io import atomic_write_bytes, atomic_write_text
+from napari_ultratinysam.evaluation import metrics
+from napari_ultratinysam.evaluation.protocols import InteractiveResult, PaperResult
 
 NOC_THRESHOLDS = (0.85, 0.90)
 MIOU_KS = (1, 3, 5)

@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config import load_config, read_yaml
-from ..paths import training_preset
+from napari_ultratinysam.core.config import load_config, read_yaml
+from napari_ultratinysam.core.paths import training_preset
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Training data: a weighted mix of datasets, cached once as letterboxed 128-px arrays, with augmentation.
 
-Every image goes through :func:`napari_ultratinysam.transforms.letterbox` (the predictor's own preprocessing) and
+Every image goes through :func:`napari_ultratinysam.core.transforms.letterbox` (the predictor's own preprocessing) and
 every region/instance of every image is an object. Per sample: copy-paste of objects from another image,
 horizontal flip, scale/crop jitter (zoom in = random crop, zoom out = smaller image + padding, always in the
 letterbox layout: content at the top-left, zeros at the bottom/right), colour jitter; then ``objects_per_image``
@@ -18,8 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..transforms import letterbox, letterbox_masks
-from .config import AugConfig, DatasetSpec
+from napari_ultratinysam.core.transforms import letterbox, letterbox_masks
+from napari_ultratinysam.training.config import AugConfig, DatasetSpec
 
 
 def holdout_key(name: str) -> float:
@@ -73,8 +73,8 @@ def _cache_name(spec: DatasetSpec, size: int, min_px: int) -> str:
 def load_cached(spec: DatasetSpec, cache_dir: str | Path, size: int = 128, min_px: int = 20,
                 for_training: bool = True, log=print) -> CachedSet:
     """Read ``spec`` through the dataset readers once, letterbox to ``size`` and cache it as one .npz."""
-    from ..data.readers import read_dataset
-    from ..io_utils import atomic_path
+    from napari_ultratinysam.core.io import atomic_path
+    from napari_ultratinysam.data.readers import read_dataset
 
     if for_training and (spec.split or "").lower() == "test":
         raise ValueError(f"dataset {spec.path}: refusing to train on a test split")

@@ -4,7 +4,7 @@ One process on CPU or one GPU by default. Under ``torchrun`` (WORLD_SIZE set) it
 nccl on GPU; every rank sees different samples (sample index = (step * world + rank) * batch + j) and rank 0 writes
 logs and checkpoints.
 
-Prompt simulation per step (napari_ultratinysam.prompts is the one simulator): per batch either a noisy box
+Prompt simulation per step (napari_ultratinysam.core.prompts is the one simulator): per batch either a noisy box
 (p_box) or clicks: a first positive click (the interior point = distance-transform maximum with
 p_interior_first, else uniform in the mask), sometimes 1..max_extra_clicks extra random positive clicks; then
 ``correction_rounds`` error-driven clicks, each with the previous low-res logits fed back as mask input. A single
@@ -30,14 +30,14 @@ import torch
 import torch.nn as nn
 import yaml
 
-from .. import prompts
-from ..checkpoints import load_model, save_checkpoint
-from ..io_utils import atomic_path
-from ..network.build import build_model
-from ..transforms import normalize
-from .config import LossConfig, PromptConfig, TrainConfig
-from .data import MixDataset, ValSet, load_cached
-from .losses import sam_loss
+from napari_ultratinysam.core import prompts
+from napari_ultratinysam.core.io import atomic_path
+from napari_ultratinysam.core.transforms import normalize
+from napari_ultratinysam.model.build import build_model
+from napari_ultratinysam.model.checkpoints import load_model, save_checkpoint
+from napari_ultratinysam.training.config import LossConfig, PromptConfig, TrainConfig
+from napari_ultratinysam.training.data import MixDataset, ValSet, load_cached
+from napari_ultratinysam.training.losses import sam_loss
 
 ProgressCallback = Callable[[dict], None]
 

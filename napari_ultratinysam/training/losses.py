@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .config import LossConfig
+from napari_ultratinysam.training.config import LossConfig
 
 
 def upsample(logits: torch.Tensor, size: int) -> torch.Tensor:

@@ -1,2 +1,2 @@
 """napari widgets. Importing this package makes torch skip Triton (see napari_ultratinysam._gui_safety)."""
-from .. import _gui_safety  # noqa: F401
+from napari_ultratinysam import _gui_safety  # noqa: F401

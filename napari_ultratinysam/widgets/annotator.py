@@ -33,8 +33,8 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..evaluation.metrics import agreement_iou
-from .annotation_state import (
+from napari_ultratinysam.annotation.proposals import ProposalSet
+from napari_ultratinysam.annotation.state import (
     BACKENDS,
     CLASS_PRESETS,
     DEFAULT_CLASSES,
@@ -52,9 +52,9 @@ from .annotation_state import (
     model_status_text,
     preset_classes,
 )
-from .napari_compat import canvas_draw_event, refresh_labels_region
-from .proposals import ProposalSet
-from .workers import LatestRequestWorker
+from napari_ultratinysam.evaluation.metrics import agreement_iou
+from napari_ultratinysam.widgets.napari_compat import canvas_draw_event, refresh_labels_region
+from napari_ultratinysam.widgets.workers import LatestRequestWorker
 
 if TYPE_CHECKING:
     import napari
@@ -1253,7 +1253,7 @@ class AnnotatorWidget(QWidget):
         if start is None or not start.any():
             self.status_label.setText("propagate: commit an object on this slice or select one (Alt+click) first")
             return None
-        from ..propagation import propagate
+        from napari_ultratinysam.inference.propagation import propagate
 
         n = self.spatial_shape()[0]
         keys = {i: self._embedding_key((i,)) for i in range(n)}
@@ -1303,7 +1303,7 @@ class AnnotatorWidget(QWidget):
         if self.image_layer is None or self.model is None:
             self.status_label.setText("propose: choose an image layer first")
             return None
-        from ..segment_all import batched_decoder, segment_all
+        from napari_ultratinysam.inference.segment_all import batched_decoder, segment_all
 
         get, session, worker, plane, model = self._image_getter(), self.session, self.worker, self._plane, self.model
         holder: dict = {}
@@ -1675,7 +1675,7 @@ class AnnotatorWidget(QWidget):
             self.new_project(folder, images)
 
     def open_project(self, folder) -> bool:
-        from ..data.project import Project
+        from napari_ultratinysam.data.project import Project
 
         try:
             project = Project.open(folder)
@@ -1686,7 +1686,7 @@ class AnnotatorWidget(QWidget):
         return True
 
     def new_project(self, folder, images) -> bool:
-        from ..data.project import Project
+        from napari_ultratinysam.data.project import Project
 
         try:
             project = Project.create(folder, images, classes=[c.name for c in self.classes],
@@ -1698,7 +1698,7 @@ class AnnotatorWidget(QWidget):
         return True
 
     def _import_labels_dialog(self):
-        from ..data.readers import detect_format
+        from napari_ultratinysam.data.readers import detect_format
 
         src = QFileDialog.getExistingDirectory(self, "Labelled images (CamVid, COCO, YOLO, images/ + masks/)")
         if not src:
@@ -1719,7 +1719,7 @@ class AnnotatorWidget(QWidget):
         with the labels as committed objects. Returns the napari worker (None while an import runs)."""
         from napari.qt.threading import create_worker
 
-        from ..data.importer import import_labels
+        from napari_ultratinysam.data.importer import import_labels
 
         if not self.import_labels_btn.isEnabled():
             return None
@@ -1841,7 +1841,7 @@ class AnnotatorWidget(QWidget):
         if self.project is None:
             self.project_label.setText("open or create a project first: the export reads its saved annotations")
             return None
-        from .export_panel import DatasetExportDialog
+        from napari_ultratinysam.widgets.export_panel import DatasetExportDialog
 
         folder = self.project.folder
         d = self.export_dialog
@@ -1859,7 +1859,7 @@ class AnnotatorWidget(QWidget):
     def _on_dataset_exported(self, out: str, summary) -> None:
         from pathlib import Path
 
-        from .finetune_panel import set_finetune_dataset
+        from napari_ultratinysam.widgets.finetune_panel import set_finetune_dataset
 
         trainable = (Path(out) / "dataset.json").is_file() or (Path(out) / "train.txt").is_file()
         if trainable:  # what Fine-tune reads (COCO / YOLO exports are for other tools)

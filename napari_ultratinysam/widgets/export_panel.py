@@ -31,9 +31,9 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..parsers import parse_box, parse_points
-from .annotation_state import DatasetExportRequest, dataset_export_formats
-from .qt_parts import with_browse_button
+from napari_ultratinysam.annotation.state import DatasetExportRequest, dataset_export_formats
+from napari_ultratinysam.core.parsers import parse_box, parse_points
+from napari_ultratinysam.widgets.qt_parts import with_browse_button
 
 PROMPT_MODES = ("center-point", "points", "box")
 
@@ -231,7 +231,7 @@ class ExportPanel(QWidget):
         self.status_label.setText("starting ...")
         fn = self._export_fn
         if fn is None:
-            from ..compression.imx500 import export_imx500 as fn
+            from napari_ultratinysam.compression.imx500 import export_imx500 as fn
 
         def progress(message: str, fraction: float | None = None):
             if self._cancel.is_set():
@@ -244,7 +244,7 @@ class ExportPanel(QWidget):
             except ExportCancelled:
                 self._bridge.failed.emit("cancelled")
             except Exception as e:  # noqa: BLE001 - shown in the panel
-                from ..extras import as_missing_extra
+                from napari_ultratinysam.core.extras import as_missing_extra
 
                 e = as_missing_extra(e) or e  # a missing toolchain: name the extra that brings it
                 msg = str(e).splitlines()[0] if str(e) else type(e).__name__

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..paths import sample_dir
+from napari_ultratinysam.core.paths import sample_dir
 
 SAMPLES: dict[str, str] = {  # sample key -> file name in the package's samples/
     "coins": "coins.png",

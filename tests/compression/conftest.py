@@ -44,7 +44,7 @@ def _one_thread():
 
 @pytest.fixture
 def tiny_model():
-    from napari_ultratinysam.network.build import build_model
+    from napari_ultratinysam.model.build import build_model
 
     return build_model("tiny_test")
 

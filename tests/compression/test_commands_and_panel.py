@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from napari_ultratinysam.cli import build_parser, main
+from napari_ultratinysam.cli.main import build_parser, main
 from napari_ultratinysam.widgets.export_panel import ExportRequest, parse_box_text, parse_points_text
 
 

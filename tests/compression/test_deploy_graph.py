@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from napari_ultratinysam.compression.deploy_graph import INPUT_SCALE, DeployGraph, make_prompt, to_graph_input
-from napari_ultratinysam.network.build import build_model
-from napari_ultratinysam.network.model import select_masks
-from napari_ultratinysam.transforms import letterbox, normalize
+from napari_ultratinysam.core.transforms import letterbox, normalize
+from napari_ultratinysam.model.build import build_model
+from napari_ultratinysam.model.ultratinysam import select_masks
 
 
 def _images():

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from napari_ultratinysam import cli
+from napari_ultratinysam.cli import main as cli
 from napari_ultratinysam.compression.deploy_graph import make_prompt
 from napari_ultratinysam.compression.device_predictor import DevicePredictor, Roi, device_agreement
 from napari_ultratinysam.evaluation.metrics import agreement_iou
@@ -142,7 +142,7 @@ def test_float_graph_equals_the_float_predictor_on_a_full_frame_roi(tiny_model):
     graph must give the float predictor's masks (same model, same prompt); the model itself is not touched."""
     import torch
 
-    from napari_ultratinysam.predictor import Predictor
+    from napari_ultratinysam.inference.predictor import Predictor
 
     torch.manual_seed(0)
     img = np.random.default_rng(1).integers(0, 256, (128, 128, 3), dtype=np.uint8)
@@ -171,8 +171,8 @@ def _objects_dataset(n_images: int = 2):
 
         ds = read_dataset(CAMVID, split="test")
         return [ds[i] for i in range(n_images)]
+    from napari_ultratinysam.core.paths import SAMPLE_DIR as root
     from napari_ultratinysam.data.types import AnnotatedImage
-    from napari_ultratinysam.paths import SAMPLE_DIR as root
     items = []
     for stem in ("shapes", "coins")[:n_images]:
         img = np.asarray(Image.open(root / f"{stem}.png").convert("RGB"))
@@ -220,7 +220,7 @@ def _write_pairs(tmp_path):
 
 @needs_mct
 def test_evaluate_imx500_flags(ptq_tiny, tmp_path, capsys):
-    from napari_ultratinysam.checkpoints import save_checkpoint
+    from napari_ultratinysam.model.checkpoints import save_checkpoint
 
     imgs, msks = _write_pairs(tmp_path)
     onnx_dir = ptq_tiny.onnx_path.parent

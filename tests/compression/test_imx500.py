@@ -81,7 +81,7 @@ def test_real_converter_tiny_preset_converts_and_fits(tmp_path):
 @needs_converter
 def test_real_converter_paper_preset_converts_and_fits(tmp_path):
     """The paper's model (5.3 M parameters): converts and fits in the IMX500's 8 MB (several minutes)."""
-    from napari_ultratinysam.checkpoints import DEFAULT_CHECKPOINT
+    from napari_ultratinysam.model.checkpoints import DEFAULT_CHECKPOINT
 
     torch.set_num_threads(1)
     kw = {"checkpoint": DEFAULT_CHECKPOINT} if DEFAULT_CHECKPOINT.is_file() else {"config": "ultratinysam"}
@@ -103,7 +103,7 @@ def test_converter_missing_names_the_extra(monkeypatch, tmp_path):
 
 
 def test_cli_converter_missing_is_one_line(monkeypatch, tmp_path, capsys):
-    from napari_ultratinysam.cli import main
+    from napari_ultratinysam.cli.main import main
 
     monkeypatch.setenv("PATH", str(tmp_path))
     monkeypatch.setattr(imx500, "_venv_bin_dir", lambda: tmp_path)

@@ -184,7 +184,7 @@ def test_split_assignment_is_stable_and_follows_ratios():
 
 
 def test_cli_export_and_napari_reader(project, tmp_path):
-    from napari_ultratinysam.cli import main
+    from napari_ultratinysam.cli.main import main
     from napari_ultratinysam.data.napari_reader import get_reader
 
     out = tmp_path / "cli_ds"
@@ -327,7 +327,7 @@ def test_yolo_polygons_of_pieces_holes_and_single_pixels(tmp_path):
 
 
 def test_formats_do_not_replace_each_other_without_overwrite(project, tmp_path):
-    from napari_ultratinysam.cli import main
+    from napari_ultratinysam.cli.main import main
 
     out = tmp_path / "ds"
     assert main(["export-dataset", str(project.folder), "-o", str(out), "--format", "coco", "--quiet"]) == 0

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from napari_ultratinysam.cli import main
+from napari_ultratinysam.cli.main import main
 from napari_ultratinysam.data.export import export_dataset
 from napari_ultratinysam.data.importer import import_labels
 from napari_ultratinysam.data.project import Project

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from napari_ultratinysam.core.paths import SAMPLE_DIR
 from napari_ultratinysam.data.export import export_dataset
 from napari_ultratinysam.data.napari_reader import claim, get_reader, write_labels
 from napari_ultratinysam.data.project import Project
-from napari_ultratinysam.paths import SAMPLE_DIR
 
 PLUGIN = "napari-ultratinysam"
 
@@ -29,7 +29,7 @@ class _StubPredictor:
 @pytest.fixture
 def no_model(monkeypatch):
     """The docked annotator would load the shipped model on first use; a stub keeps these tests light."""
-    from napari_ultratinysam.predictor import Predictor
+    from napari_ultratinysam.inference.predictor import Predictor
 
     monkeypatch.setattr(Predictor, "from_default", classmethod(lambda cls, **kw: _StubPredictor()))
 

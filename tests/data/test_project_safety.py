@@ -14,7 +14,7 @@ import sys
 import numpy as np
 import pytest
 
-from napari_ultratinysam import io_utils
+from napari_ultratinysam.core import io as io_utils
 from napari_ultratinysam.data import project as project_mod
 from napari_ultratinysam.data.project import (
     LOCK_FILE,

@@ -6,10 +6,10 @@ import json
 import numpy as np
 import pytest
 
+from napari_ultratinysam.core.transforms import letterbox, letterbox_masks
 from napari_ultratinysam.data.readers import detect_format, read_dataset
 from napari_ultratinysam.data.shards import ShardDataset, preprocess
 from napari_ultratinysam.data.types import AnnotatedImage
-from napari_ultratinysam.transforms import letterbox, letterbox_masks
 
 
 def _items() -> list[AnnotatedImage]:
@@ -80,7 +80,7 @@ def test_rerun_replaces_and_refuses_foreign_folder(tmp_path):
 
 
 def test_cli_preprocess_folder_dataset(tmp_path, write_rgb, write_array, capsys):
-    from napari_ultratinysam.cli import main
+    from napari_ultratinysam.cli.main import main
 
     root = tmp_path / "horses"
     for k in range(3):

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from napari_ultratinysam import prompts
+from napari_ultratinysam.core import prompts
 from napari_ultratinysam.evaluation import protocols as P
 from napari_ultratinysam.evaluation.report import interactive_metrics
 

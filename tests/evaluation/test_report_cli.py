@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from napari_ultratinysam import cli
+from napari_ultratinysam.cli import main as cli
 from napari_ultratinysam.evaluation import commands, report
 from napari_ultratinysam.evaluation.protocols import evaluate_interactive, evaluate_paper
 

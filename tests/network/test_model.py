@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from napari_ultratinysam.config import ModelConfig, load_config, resolve_model_config
-from napari_ultratinysam.network.build import build_model, mac_table, param_table
+from napari_ultratinysam.core.config import ModelConfig, load_config, resolve_model_config
+from napari_ultratinysam.model.build import build_model, mac_table, param_table
 
 
 def test_paper_preset_size_matches_the_paper(paper_model):

@@ -2,7 +2,7 @@ import pytest
 import timm
 import torch
 
-from napari_ultratinysam.network.trunks import (
+from napari_ultratinysam.model.trunks import (
     EfficientNetLite0,
     MobileViTXS,
     efficientnet_lite0_imagenet_state_dict,
@@ -57,7 +57,7 @@ def test_mobilevit_state_dict_mismatch_is_one_clear_error():
 def test_efficientnet_lite0_weights_classify_the_cat():
     from skimage.data import chelsea
 
-    from napari_ultratinysam.transforms import normalize, resize_uint8
+    from napari_ultratinysam.core.transforms import normalize, resize_uint8
 
     model = timm.create_model("efficientnet_lite0", pretrained=False).eval()
     model.load_state_dict(efficientnet_lite0_imagenet_state_dict(), strict=True)

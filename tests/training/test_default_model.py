@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from napari_ultratinysam import prompts
-from napari_ultratinysam.checkpoints import DEFAULT_CHECKPOINT, read_checkpoint
-from napari_ultratinysam.paths import SAMPLE_DIR
+from napari_ultratinysam.core import prompts
+from napari_ultratinysam.core.paths import SAMPLE_DIR
+from napari_ultratinysam.model.checkpoints import DEFAULT_CHECKPOINT, read_checkpoint
 
 SAMPLES = SAMPLE_DIR
 
@@ -20,7 +20,7 @@ def _iou(a, b):
 
 def _sample_ious(image_file: str, ids_file: str, prompt: str) -> list[float]:
     """IoU with its stored mask for each object of a sample, prompted by one interior click or by its box."""
-    from napari_ultratinysam.predictor import Predictor
+    from napari_ultratinysam.inference.predictor import Predictor
 
     image = np.array(Image.open(SAMPLES / image_file).convert("RGB"))
     ids = np.array(Image.open(SAMPLES / ids_file))

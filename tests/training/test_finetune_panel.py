@@ -4,10 +4,10 @@ import time
 import numpy as np
 import pytest
 
-from napari_ultratinysam.checkpoints import save_checkpoint
 from napari_ultratinysam.data.export import export_dataset
 from napari_ultratinysam.data.types import AnnotatedImage
-from napari_ultratinysam.widgets.finetune_panel import FinetuneJob, finetune_config
+from napari_ultratinysam.model.checkpoints import save_checkpoint
+from napari_ultratinysam.training.job import FinetuneJob, finetune_config
 
 
 def _toy_export(tmp_path):

@@ -4,10 +4,10 @@ import json
 import numpy as np
 import pytest
 
-from napari_ultratinysam.checkpoints import read_checkpoint, save_checkpoint
-from napari_ultratinysam.cli import main
-from napari_ultratinysam.network.build import build_model
-from napari_ultratinysam.pick import PICK_FEATURES
+from napari_ultratinysam.cli.main import main
+from napari_ultratinysam.core.config import PICK_FEATURES
+from napari_ultratinysam.model.build import build_model
+from napari_ultratinysam.model.checkpoints import read_checkpoint, save_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +34,7 @@ def test_fit_pick_writes_a_checkpoint_that_carries_the_pick(tiny_ckpt, synthetic
     assert "train" in extra["candidate_pick"]
     assert set(sd) == set(sd0) and all(np.array_equal(sd[k].numpy(), sd0[k].numpy()) for k in sd)
 
-    from napari_ultratinysam.predictor import Predictor
+    from napari_ultratinysam.inference.predictor import Predictor
 
     p = Predictor.from_checkpoint(out)
     p.set_image(np.zeros((96, 128, 3), np.uint8))

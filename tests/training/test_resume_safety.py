@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from napari_ultratinysam.cli import main
+from napari_ultratinysam.cli.main import main
 from napari_ultratinysam.training.config import load_train_config
 from napari_ultratinysam.training.loop import TrainStateError, load_train_state, train, validate_train_config
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_ultratinysam.checkpoints import load_model, read_checkpoint
+from napari_ultratinysam.model.checkpoints import load_model, read_checkpoint
 from napari_ultratinysam.training.config import AugConfig, DatasetSpec, LossConfig, TrainConfig, load_train_config
 from napari_ultratinysam.training.data import augment, holdout_key, load_cached, select_names
 from napari_ultratinysam.training.loop import lr_at, train
@@ -221,8 +221,8 @@ def test_prompts_feedback_is_checked_and_runs(synthetic_dir, tmp_path):
 
 
 def test_train_only_trains_the_named_parameters_and_keeps_the_rest(synthetic_dir, tmp_path):
-    from napari_ultratinysam.checkpoints import save_checkpoint
-    from napari_ultratinysam.network.build import build_model
+    from napari_ultratinysam.model.build import build_model
+    from napari_ultratinysam.model.checkpoints import save_checkpoint
 
     init = tmp_path / "init.safetensors"
     save_checkpoint(build_model("tiny_test"), init)
@@ -271,10 +271,9 @@ def test_torchrun_two_processes_matches_single(synthetic_dir, tmp_path):
 
 def test_fine_tuning_drops_the_init_checkpoints_candidate_pick(synthetic_dir, tmp_path):
     """A learned candidate pick fits the weights it was fitted on: the fine-tuned checkpoint carries none."""
-    from napari_ultratinysam.checkpoints import read_checkpoint, save_checkpoint
-    from napari_ultratinysam.config import CandidatePick
-    from napari_ultratinysam.network.build import build_model
-    from napari_ultratinysam.pick import PICK_FEATURES
+    from napari_ultratinysam.core.config import PICK_FEATURES, CandidatePick
+    from napari_ultratinysam.model.build import build_model
+    from napari_ultratinysam.model.checkpoints import read_checkpoint, save_checkpoint
 
     n = len(PICK_FEATURES)
     model = build_model("tiny_test")

@@ -18,7 +18,7 @@ class FakePrediction:
 
 
 class FakePredictor:
-    """Same interface as napari_ultratinysam.predictor.Predictor, with obvious answers:
+    """Same interface as napari_ultratinysam.inference.predictor.Predictor, with obvious answers:
 
     - points: a disc of ``radius`` around the last positive point, minus discs of ``radius // 2`` around negative
       points; with multimask (one click, no box) 3 candidates of radius r, r/2, 2r scored 0.9, 0.8, 0.7 but returned

@@ -8,7 +8,7 @@ import pytest
 from napari.utils._proxies import ReadOnlyWrapper
 from napari.utils.interactions import mouse_move_callbacks, mouse_press_callbacks, mouse_release_callbacks
 
-from napari_ultratinysam.widgets.annotation_state import CAMVID_CLASSES
+from napari_ultratinysam.annotation.state import CAMVID_CLASSES
 
 CAMVID = "CamVid (11 classes)"  # the class preset these tests annotate with (the default is one neutral class)
 CAR = [c.name for c in CAMVID_CLASSES].index("Car")
@@ -631,7 +631,7 @@ def test_two_stage_preview_on_large_images(annotator, qtbot, FakePredictor):
 def test_refinement_stage_does_not_decode_the_full_view_again(annotator, qtbot, tiny_model):
     """With the real Predictor, the two-stage preview decodes the full view once: the zoom stage refines the
     first result (Predictor.zoom_in) instead of predicting from scratch."""
-    from napari_ultratinysam.predictor import Predictor
+    from napari_ultratinysam.inference.predictor import Predictor
 
     class Disc:  # a positive disc of 3 low-res cells around the first prompt point
         def __init__(self, cfg):

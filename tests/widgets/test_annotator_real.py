@@ -1,11 +1,11 @@
-"""The annotator with the REAL predictor (napari_ultratinysam.predictor.Predictor), end to end."""
+"""The annotator with the REAL predictor (napari_ultratinysam.inference.predictor.Predictor), end to end."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
 
-from napari_ultratinysam.widgets.annotation_state import PredictorSpec
+from napari_ultratinysam.annotation.state import PredictorSpec
 from napari_ultratinysam.widgets.samples import load_sample
 
 torch.set_num_threads(1)
@@ -26,9 +26,9 @@ def _press(widget, position, button=1):
 
 def _random_init_loader(spec: PredictorSpec):
     """The real Predictor and network (default config), randomly initialised: every code path but the weights."""
-    from napari_ultratinysam.config import resolve_model_config
-    from napari_ultratinysam.network.build import build_model
-    from napari_ultratinysam.predictor import Predictor
+    from napari_ultratinysam.core.config import resolve_model_config
+    from napari_ultratinysam.inference.predictor import Predictor
+    from napari_ultratinysam.model.build import build_model
 
     cfg = resolve_model_config("ultratinysam")
     cfg.trunk_pretrained = False
@@ -37,7 +37,7 @@ def _random_init_loader(spec: PredictorSpec):
 
 
 def _default_weights_available() -> bool:
-    from napari_ultratinysam.checkpoints import DEFAULT_CHECKPOINT
+    from napari_ultratinysam.model.checkpoints import DEFAULT_CHECKPOINT
 
     return DEFAULT_CHECKPOINT.is_file()
 
@@ -47,14 +47,14 @@ def test_real_predictor_end_to_end_plumbing(make_napari_viewer, qtbot):
     from napari_ultratinysam.widgets.annotator import AnnotatorWidget
 
     viewer = make_napari_viewer()
-    loader = (lambda spec: __import__("napari_ultratinysam.predictor", fromlist=["Predictor"]).Predictor
+    loader = (lambda spec: __import__("napari_ultratinysam.inference.predictor", fromlist=["Predictor"]).Predictor
               .from_default()) if _default_weights_available() else _random_init_loader
     w = AnnotatorWidget(viewer, loader=loader)
     try:
         img = load_sample("coffee")[0][0]
         with qtbot.waitSignal(w.embedding_ready, timeout=60000):
             viewer.add_image(img, name="coffee", rgb=True)
-        from napari_ultratinysam.predictor import Predictor
+        from napari_ultratinysam.inference.predictor import Predictor
 
         assert isinstance(w.session.predictor, Predictor)
         with qtbot.waitSignal(w.preview_updated, timeout=30000):

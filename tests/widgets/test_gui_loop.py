@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from napari_ultratinysam.widgets.annotation_state import (
+from napari_ultratinysam.annotation.state import (
     CAMVID_CLASSES,
     DatasetExportRequest,
     PredictorSpec,
@@ -323,7 +323,7 @@ def test_finetune_progress_ends_full_on_done(make_napari_viewer, tmp_path, stopp
 
 
 def test_finetune_progress_step():
-    from napari_ultratinysam.widgets.finetune_panel import progress_step
+    from napari_ultratinysam.training.job import progress_step
 
     assert progress_step({"event": "train", "step": 7}, 10) == 7
     assert progress_step({"event": "done", "steps": 10, "stopped_by": "steps"}, 10) == 10

@@ -9,7 +9,7 @@ import numpy as np, napari
 v = napari.Viewer(show=True)
 v.add_image(np.zeros((32, 32)))
 import napari_ultratinysam.widgets          # what napari imports when the plugin's widget opens
-from napari_ultratinysam.network.build import build_model
+from napari_ultratinysam.model.build import build_model
 m = build_model("ultratinysam_effnet")     # imports timm and torchvision
 print("survived", type(m).__name__)
 v.close()

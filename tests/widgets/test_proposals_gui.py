@@ -7,19 +7,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from napari_ultratinysam.paths import sample_path
-from napari_ultratinysam.widgets.annotation_state import AnnotationModel, ClassSpec
+from napari_ultratinysam.annotation.state import AnnotationModel, ClassSpec
+from napari_ultratinysam.core.paths import sample_path
 
 
 @pytest.fixture(scope="module")
 def real_predictor():
-    from napari_ultratinysam.checkpoints import DEFAULT_CHECKPOINT
+    from napari_ultratinysam.model.checkpoints import DEFAULT_CHECKPOINT
 
     if not DEFAULT_CHECKPOINT.is_file():
         pytest.skip("the shipped default weights are not installed")
     import torch
 
-    from napari_ultratinysam.predictor import Predictor
+    from napari_ultratinysam.inference.predictor import Predictor
 
     torch.set_num_threads(1)
     return Predictor.from_default(backend="torch")
@@ -47,7 +47,7 @@ def _centre(gt, i):
 
 
 def test_propose_accept_reject_accept_all(annotator, qtbot, real_predictor):
-    from napari_ultratinysam.segment_all import recall_at
+    from napari_ultratinysam.inference.segment_all import recall_at
 
     img, gt = _coins()
     viewer, w = annotator(image=img, predictor=real_predictor, name="coins")

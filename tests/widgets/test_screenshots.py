@@ -29,10 +29,10 @@ def _save(img: np.ndarray, name: str):
 
 
 def _predictor(instances, OraclePredictor):
-    from napari_ultratinysam.checkpoints import DEFAULT_CHECKPOINT
+    from napari_ultratinysam.model.checkpoints import DEFAULT_CHECKPOINT
 
     if DEFAULT_CHECKPOINT.is_file():
-        from napari_ultratinysam.predictor import Predictor
+        from napari_ultratinysam.inference.predictor import Predictor
 
         return Predictor.from_default()
     return OraclePredictor(instances)
@@ -88,7 +88,7 @@ def test_screenshot_docked(make_napari_viewer, qtbot, OraclePredictor):
 
 
 def test_screenshot_multi_object(make_napari_viewer, qtbot, OraclePredictor):
-    from napari_ultratinysam.widgets.annotation_state import CAMVID_CLASSES
+    from napari_ultratinysam.annotation.state import CAMVID_CLASSES
     from napari_ultratinysam.widgets.annotator import AnnotatorWidget
 
     names = [c.name for c in CAMVID_CLASSES]

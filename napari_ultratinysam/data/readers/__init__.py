@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
-from ._common import Dataset
+from napari_ultratinysam.data.readers._common import Dataset
 
 # detection order matters: the more specific layouts first
 FORMATS: tuple[str, ...] = ("ours", "shards", "camvid", "bsds500", "ccp", "coco", "sa1b", "yolo", "folder")

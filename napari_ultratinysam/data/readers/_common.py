@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from ..types import AnnotatedImage
+from napari_ultratinysam.data.types import AnnotatedImage
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 SPLITS = ("train", "val", "test")
@@ -94,7 +94,7 @@ def read_rgb(path: Path) -> np.ndarray:
     elif im.mode in ("P", "PA", "LA", "RGBA", "CMYK", "YCbCr", "1"):
         arr = np.asarray(im.convert("RGB"))
     else:  # 16-bit / float grayscale: scaled by the one shared converter
-        from ...transforms import to_rgb_uint8
+        from napari_ultratinysam.core.transforms import to_rgb_uint8
 
         arr = to_rgb_uint8(np.asarray(im), name=str(path))
     return np.ascontiguousarray(arr)

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..types import AnnotatedImage
-from ._common import (
+from napari_ultratinysam.data.readers._common import (
     SPLITS,
     Dataset,
     check_size,
@@ -20,6 +19,7 @@ from ._common import (
     regions,
     resolve_splits,
 )
+from napari_ultratinysam.data.types import AnnotatedImage
 
 
 def available_splits(root: Path) -> list[str]:

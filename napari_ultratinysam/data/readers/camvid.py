@@ -9,8 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..types import AnnotatedImage
-from ._common import (
+from napari_ultratinysam.data.readers._common import (
     SPLITS,
     Color,
     Dataset,
@@ -24,6 +23,7 @@ from ._common import (
     read_rgb,
     resolve_splits,
 )
+from napari_ultratinysam.data.types import AnnotatedImage
 
 CAMVID_CLASSES: tuple[str, ...] = ("Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol", "Fence",
                                    "Car", "Pedestrian", "Bicyclist")

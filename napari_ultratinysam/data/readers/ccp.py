@@ -9,8 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..types import AnnotatedImage
-from ._common import (
+from napari_ultratinysam.data.readers._common import (
     Dataset,
     check_size,
     components,
@@ -21,6 +20,7 @@ from ._common import (
     read_rgb,
     regions,
 )
+from napari_ultratinysam.data.types import AnnotatedImage
 
 
 def detect(path: Path) -> bool:

@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ..types import AnnotatedImage
-from ._common import Dataset, filter_area, read_rgb, stack_masks
-from .sa1b import rle_decode
+from napari_ultratinysam.data.readers._common import Dataset, filter_area, read_rgb, stack_masks
+from napari_ultratinysam.data.readers.sa1b import rle_decode
+from napari_ultratinysam.data.types import AnnotatedImage
 
 
 def _load_json(path: Path) -> dict:

@@ -10,8 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..types import AnnotatedImage
-from ._common import (
+from napari_ultratinysam.data.readers._common import (
     SPLITS,
     Dataset,
     check_size,
@@ -23,6 +22,7 @@ from ._common import (
     regions,
     resolve_splits,
 )
+from napari_ultratinysam.data.types import AnnotatedImage
 
 IMAGE_DIRS = ("images", "image", "imgs", "img", "rgb")
 MASK_DIRS = ("masks", "mask", "labels", "label", "annotations", "gt", "groundtruth", "segments")

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ...io_utils import read_tagged_json
-from ..types import AnnotatedImage
-from ._common import SPLITS, Dataset, check_size, read_label, read_rgb, resolve_splits
+from napari_ultratinysam.core.io import read_tagged_json
+from napari_ultratinysam.data.readers._common import SPLITS, Dataset, check_size, read_label, read_rgb, resolve_splits
+from napari_ultratinysam.data.types import AnnotatedImage
 
 FORMAT_TAG = "napari-ultratinysam/camvid-instances"
 DATASET_JSON = "dataset.json"

@@ -10,8 +10,15 @@ from pathlib import Path
 
 import numpy as np
 
-from ..types import AnnotatedImage
-from ._common import Dataset, filter_area, image_size, list_images, read_rgb, stack_masks
+from napari_ultratinysam.data.readers._common import (
+    Dataset,
+    filter_area,
+    image_size,
+    list_images,
+    read_rgb,
+    stack_masks,
+)
+from napari_ultratinysam.data.types import AnnotatedImage
 
 
 def _string_to_counts(s: str | bytes) -> list[int]:

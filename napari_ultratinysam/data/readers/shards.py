@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ...io_utils import read_tagged_json
-from ..types import AnnotatedImage
-from ._common import Dataset
+from napari_ultratinysam.core.io import read_tagged_json
+from napari_ultratinysam.data.readers._common import Dataset
+from napari_ultratinysam.data.types import AnnotatedImage
 
 SHARD_FORMAT = "napari-ultratinysam/shards"
 INDEX = "index.json"

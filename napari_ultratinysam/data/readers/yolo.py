@@ -11,8 +11,16 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ..types import AnnotatedImage
-from ._common import Dataset, filter_area, image_size, list_images, read_rgb, resolve_splits, stack_masks
+from napari_ultratinysam.data.readers._common import (
+    Dataset,
+    filter_area,
+    image_size,
+    list_images,
+    read_rgb,
+    resolve_splits,
+    stack_masks,
+)
+from napari_ultratinysam.data.types import AnnotatedImage
 
 _TOL = 1e-3
 
