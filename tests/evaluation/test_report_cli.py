@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from napari_ultratinysam.cli import evaluate as commands
 from napari_ultratinysam.cli import main as cli
-from napari_ultratinysam.evaluation import commands, report
+from napari_ultratinysam.evaluation import report
 from napari_ultratinysam.evaluation.protocols import evaluate_interactive, evaluate_paper
 
 from .fakes import EmptyPredictor, OraclePredictor, ring, square, toy_dataset
