@@ -14,7 +14,7 @@ DISPLAY it runs itself again under xvfb-run. ``--write`` puts the table into BEN
 
 ``--backends auto,onnxruntime`` measures the annotator's start-up choice (auto: "openvino bf16" on CPUs with AMX /
 AVX512-BF16, else "onnxruntime") and forced ones (the widget's ``default_backend`` is replaced before the plugin
-is imported; its small module, annotation_state, is then imported before the clock starts).
+is imported; its small package, annotation, is then imported before the clock starts).
 """
 from __future__ import annotations
 
@@ -44,9 +44,11 @@ class _Ev:
 def child(backend: str) -> dict:
     t_start = time.perf_counter()
     if backend != "auto":
-        import napari_ultratinysam.annotation.state as state
+        import napari_ultratinysam.annotation as annotation
+        import napari_ultratinysam.annotation.session as session
 
-        state.default_backend = lambda *a, **k: backend
+        # both bindings: the widget takes the name from the package, the module's own is patched in case
+        annotation.default_backend = session.default_backend = lambda *a, **k: backend
     import napari
     from napari.utils._proxies import ReadOnlyWrapper
     from napari.utils.interactions import mouse_press_callbacks, mouse_release_callbacks

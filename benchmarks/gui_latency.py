@@ -49,7 +49,7 @@ def _predictor(backend: str):
     from napari_ultratinysam.model.checkpoints import DEFAULT_CHECKPOINT
 
     torch.set_num_threads(1)
-    from napari_ultratinysam.annotation.state import BACKEND_PRECISION
+    from napari_ultratinysam.annotation import BACKEND_PRECISION
 
     runtime = "torch" if backend == "torch" else "onnx"
     precision = BACKEND_PRECISION[backend] or "float"
@@ -297,7 +297,7 @@ def main(argv=None) -> int:
                          "run; default: all that this CPU runs)")
     ap.add_argument("--no-write", action="store_true", help="print only, leave BENCHMARKS.md alone")
     args = ap.parse_args(argv)
-    from napari_ultratinysam.annotation.state import BACKENDS, default_backend
+    from napari_ultratinysam.annotation import BACKENDS, default_backend
 
     if args.backend is None:
         backends = [b for b in ("openvino bf16", "onnxruntime int8", "onnxruntime", "torch")

@@ -123,7 +123,7 @@ def test_predictor_orders_a_single_click_by_the_pick(tiny_model, rng):
 
 
 def test_best_first_is_respected_by_the_evaluation_and_the_annotator(tiny_model, rng):
-    from napari_ultratinysam.annotation.state import Candidates
+    from napari_ultratinysam.annotation import Candidates
     from napari_ultratinysam.evaluation.protocols import _best
 
     image = rng.integers(0, 255, (96, 128, 3)).astype(np.uint8)

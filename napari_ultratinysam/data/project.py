@@ -27,8 +27,8 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from napari_ultratinysam.core.io import atomic_path, atomic_write_json, read_tagged_json, try_lock
+from napari_ultratinysam.data.classes import CAMVID_CLASSES, CAMVID_COLORS
 from napari_ultratinysam.data.readers._common import Color, default_colors, image_size, list_images, read_rgb
-from napari_ultratinysam.data.readers.camvid import CAMVID_CLASSES, CAMVID_COLORS
 from napari_ultratinysam.data.types import AnnotatedImage
 
 log = logging.getLogger(__name__)

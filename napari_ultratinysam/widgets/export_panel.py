@@ -3,7 +3,7 @@
 annotator's "Export dataset" dialog: a project's annotations -> a dataset folder (the same function
 `utsam export-dataset` calls), on a napari worker thread with napari's progress.
 
-The parsing of the forms (``ExportRequest.from_form``, ``annotation_state.DatasetExportRequest``) is plain Python,
+The parsing of the forms (``ExportRequest.from_form``, ``annotation.DatasetExportRequest``) is plain Python,
 testable without Qt.
 """
 from __future__ import annotations
@@ -31,7 +31,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_ultratinysam.annotation.state import DatasetExportRequest, dataset_export_formats
+from napari_ultratinysam.annotation import DatasetExportRequest, dataset_export_formats
 from napari_ultratinysam.core.parsers import parse_box, parse_points
 from napari_ultratinysam.widgets.qt_parts import with_browse_button
 

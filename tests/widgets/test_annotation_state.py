@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from napari_ultratinysam.annotation.state import (
+from napari_ultratinysam.annotation import (
     CAMVID_CLASSES,
     AnnotationModel,
     Candidates,

@@ -8,7 +8,7 @@ import pytest
 from napari.utils._proxies import ReadOnlyWrapper
 from napari.utils.interactions import mouse_move_callbacks, mouse_press_callbacks, mouse_release_callbacks
 
-from napari_ultratinysam.annotation.state import CAMVID_CLASSES
+from napari_ultratinysam.annotation import CAMVID_CLASSES
 
 CAMVID = "CamVid (11 classes)"  # the class preset these tests annotate with (the default is one neutral class)
 CAR = [c.name for c in CAMVID_CLASSES].index("Car")

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_ultratinysam.annotation.state import PredictorSpec
+from napari_ultratinysam.annotation import PredictorSpec
 from napari_ultratinysam.widgets.samples import load_sample
 
 torch.set_num_threads(1)

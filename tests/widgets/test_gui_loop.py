@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from napari_ultratinysam.annotation.state import (
+from napari_ultratinysam.annotation import (
     CAMVID_CLASSES,
     DatasetExportRequest,
     PredictorSpec,

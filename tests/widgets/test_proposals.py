@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
+from napari_ultratinysam.annotation import AnnotationModel, ClassSpec
 from napari_ultratinysam.annotation.proposals import ProposalSet
-from napari_ultratinysam.annotation.state import AnnotationModel, ClassSpec
 
 
 def _labels():

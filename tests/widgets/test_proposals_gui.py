@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from napari_ultratinysam.annotation.state import AnnotationModel, ClassSpec
+from napari_ultratinysam.annotation import AnnotationModel, ClassSpec
 from napari_ultratinysam.core.paths import sample_path
 
 

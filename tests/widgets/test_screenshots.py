@@ -88,7 +88,7 @@ def test_screenshot_docked(make_napari_viewer, qtbot, OraclePredictor):
 
 
 def test_screenshot_multi_object(make_napari_viewer, qtbot, OraclePredictor):
-    from napari_ultratinysam.annotation.state import CAMVID_CLASSES
+    from napari_ultratinysam.annotation import CAMVID_CLASSES
     from napari_ultratinysam.widgets.annotator import AnnotatorWidget
 
     names = [c.name for c in CAMVID_CLASSES]

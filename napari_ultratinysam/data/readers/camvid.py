@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_ultratinysam.data.classes import CAMVID_CLASSES, CAMVID_COLORS  # the one table; re-exported here
 from napari_ultratinysam.data.readers._common import (
     SPLITS,
     Color,
@@ -25,11 +26,6 @@ from napari_ultratinysam.data.readers._common import (
 )
 from napari_ultratinysam.data.types import AnnotatedImage
 
-CAMVID_CLASSES: tuple[str, ...] = ("Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol", "Fence",
-                                   "Car", "Pedestrian", "Bicyclist")
-CAMVID_COLORS: tuple[Color, ...] = ((128, 128, 128), (128, 0, 0), (192, 192, 128), (128, 64, 128), (60, 40, 222),
-                                    (128, 128, 0), (192, 128, 128), (64, 64, 128), (64, 0, 128), (64, 64, 0),
-                                    (0, 128, 192))
 CAMVID_VOID = 11
 
 
