@@ -103,9 +103,12 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None, durable: boo
             with open(tmp_path, "rb+") as f:
                 os.fsync(f.fileno())
         os.replace(tmp_path, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
+        if isinstance(e, OSError) and e.filename is None and e.errno is not None:
+            # writers (PIL, torch) raise e.g. ENOSPC without a file name: name the file being written
+            raise OSError(e.errno, e.strerror, str(path)) from e
         raise
     if durable:
         fsync_dir(path.parent)

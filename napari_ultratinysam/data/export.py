@@ -282,6 +282,11 @@ def staged_dir(final: str | Path, keep_existing: bool = True) -> Iterator[Path]:
         yield stage
         _fsync_tree(stage)
         _swap_into_place(stage, final)
+    except OSError as e:
+        shutil.rmtree(stage, ignore_errors=True)
+        if e.filename is None:  # e.g. ENOSPC from a write: name the export, so the one-line error says where
+            raise OSError(e.errno, e.strerror, str(final)) from e
+        raise
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
