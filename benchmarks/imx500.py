@@ -72,7 +72,7 @@ def main(argv=None) -> int:
 
     from napari_ultratinysam.compression.device_predictor import DevicePredictor, device_agreement
     from napari_ultratinysam.compression.imx500 import export_imx500
-    from napari_ultratinysam.compression.quantize import load_export_model
+    from napari_ultratinysam.compression.pipeline import load_export_model
     from napari_ultratinysam.model.checkpoints import DEFAULT_CHECKPOINT
 
     kw = {}

@@ -1,4 +1,4 @@
-"""`utsam quantize` and `utsam export-imx500`: thin wrappers over compression.quantize / compression.imx500."""
+"""`utsam quantize` and `utsam export-imx500`: thin wrappers over compression.pipeline / compression.imx500."""
 from __future__ import annotations
 
 import argparse
@@ -51,8 +51,8 @@ def _one_line_errors(fn):
 
     @functools.wraps(fn)
     def wrapped(args):
+        from napari_ultratinysam.compression.common import QuantizationError
         from napari_ultratinysam.compression.imx500 import IMX500Error
-        from napari_ultratinysam.compression.quantize import QuantizationError
         from napari_ultratinysam.core.errors import CliError
 
         try:
@@ -66,7 +66,7 @@ def _one_line_errors(fn):
 @_one_line_errors
 def cmd_quantize(args) -> int:
     from napari_ultratinysam.compression.metadata import build_metadata
-    from napari_ultratinysam.compression.quantize import quantize_to_onnx
+    from napari_ultratinysam.compression.pipeline import quantize_to_onnx
     from napari_ultratinysam.core.io import atomic_write_json
 
     method = "qat" if args.qat else "ptq"

@@ -136,8 +136,8 @@ def load_device_predictor(args: argparse.Namespace) -> tuple[Any, str]:
     """``--imx500 PATH`` (the quantized graph, prompt from its metadata.json) and/or ``--imx500-float`` (the float
     deploy graph of ``--checkpoint`` / the shipped weights, with PATH's prompt or the centre point), both steered
     by the inference ROI like the Raspberry Pi: -> (DevicePredictor, a name for the report)."""
+    from napari_ultratinysam.compression.common import QuantizationError
     from napari_ultratinysam.compression.device_predictor import DevicePredictor, read_metadata, resolve_onnx_path
-    from napari_ultratinysam.compression.quantize import QuantizationError
     from napari_ultratinysam.core.errors import CliError
 
     if args.onnx:

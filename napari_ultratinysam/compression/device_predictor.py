@@ -45,13 +45,13 @@ import numpy as np
 import torch
 
 from napari_ultratinysam.compression.deploy_graph import BakedPrompt, DeployGraph, make_prompt, to_graph_input
+from napari_ultratinysam.compression.metadata import ONNX_NAME
 from napari_ultratinysam.core.transforms import bilinear_weights, resize_uint8, to_rgb_uint8
 from napari_ultratinysam.inference.predictor import Prediction, Predictor, as_points
 
 log = logging.getLogger(__name__)
 
 BOX_ROI_MODES = ("exact", "square")
-ONNX_NAME = "ultratinysam_imx500.onnx"
 METADATA_NAME = "metadata.json"
 
 
@@ -170,7 +170,7 @@ class DevicePredictor:
         """The quantized IMX500 ONNX (onnxruntime + mct-quantizers ops). ``path``: the .onnx or the export
         folder. The baked prompt is read from ``metadata.json`` beside it (written by ``utsam export-imx500`` /
         ``utsam quantize``); without one, ``prompt`` or else the centre point is assumed (logged)."""
-        from napari_ultratinysam.compression.quantize import QuantizedOnnxRunner
+        from napari_ultratinysam.compression.runner import QuantizedOnnxRunner
 
         onnx, meta_path = resolve_onnx_path(path)
         runner = QuantizedOnnxRunner(onnx, threads=threads)
@@ -228,7 +228,7 @@ class DevicePredictor:
     @classmethod
     def from_checkpoint_float(cls, checkpoint: str | Path | None = None, **kw) -> "DevicePredictor":
         """:meth:`from_float` of a checkpoint (default: the shipped weights)."""
-        from napari_ultratinysam.compression.quantize import load_export_model
+        from napari_ultratinysam.compression.pipeline import load_export_model
 
         net, source = load_export_model(checkpoint=checkpoint)
         dp = cls.from_float(net, copy_model=False, **kw)

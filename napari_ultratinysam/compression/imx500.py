@@ -29,20 +29,17 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
+from napari_ultratinysam.compression.common import IMX500_EXTRA, Progress
 from napari_ultratinysam.compression.metadata import build_metadata
 from napari_ultratinysam.core.io import atomic_path, atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
 
 CONVERTER = "imxconv-pt"
-IMX500_EXTRA = 'pip install "napari-ultratinysam[imx500]"'
 CHIP_MEMORY_BYTES = 8 * 1024 * 1024  # "Total Memory Available On Chip": 8.00MB (MiB in the converter's reports)
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 TEMPLATE_FILES = ("imx500_segment.py", "README.md")
-
-Progress = Callable[[str, "float | None"], None]
 
 
 class IMX500Error(RuntimeError):
@@ -413,7 +410,7 @@ def export_imx500(checkpoint: str | Path | None = None, prompt: str = "center-po
     ``model`` passes a live UltraTinySAM (the panel's model in use; it is copied, not modified).
     ``progress(message, fraction)`` is called throughout (fraction in [0, 1] or None).
     """
-    from napari_ultratinysam.compression.quantize import METHODS, quantize_to_onnx
+    from napari_ultratinysam.compression.pipeline import METHODS, quantize_to_onnx
 
     if method.lower() not in METHODS:
         raise ValueError(f"unknown quantization method {method!r}; choose ptq or qat")

@@ -1,7 +1,10 @@
 """The metadata.json that travels with a quantized IMX500 graph (``utsam quantize``, ``utsam export-imx500``):
 what the Raspberry Pi script and :class:`~.device_predictor.DevicePredictor` need to feed the graph and read its
-outputs. Kept apart from :mod:`.imx500` (the converter) and :mod:`.quantize` (MCT), which both write it."""
+outputs. Kept apart from :mod:`.imx500` (the converter) and :mod:`.pipeline` (MCT), which both write it."""
 from __future__ import annotations
+
+# the quantized graph's file in an export folder: pipeline writes it, device_predictor finds it
+ONNX_NAME = "ultratinysam_imx500.onnx"
 
 
 def build_metadata(graph, model_source: str, method: str, memory=None, extra: dict | None = None) -> dict:

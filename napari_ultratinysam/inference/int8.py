@@ -1,3 +1,4 @@
+# One module: the precision choice, the int8 recipe, its calibration images and the recipe-keyed cache change together.
 """Reduced-precision (int8) desktop inference: quantized ONNX graphs that load with the ordinary OnnxBackend.
 
     folder = int8_folder_for_checkpoint(DEFAULT_CHECKPOINT)      # made once, then cached

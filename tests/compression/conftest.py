@@ -53,7 +53,7 @@ def tiny_model():
 def ptq_tiny(tmp_path_factory):
     """PTQ of the tiny preset on 8 calibration images (the bundled samples + crops): its MCTQ ONNX and
     metadata.json (shared by the quantisation and the device-predictor tests)."""
-    from napari_ultratinysam.compression.quantize import quantize_to_onnx
+    from napari_ultratinysam.compression.pipeline import quantize_to_onnx
 
     n = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -231,7 +231,8 @@ def test_parse_log_and_sizes(tmp_path):
 @needs_converter
 def test_real_converter_rejects_pixel_shuffle(tmp_path):
     """A net with pixel_shuffle (ONNX DepthToSpace) is rejected in seconds; the message names the op."""
-    from napari_ultratinysam.compression.quantize import export_quantized_onnx, load_calibration, quantize_ptq
+    from napari_ultratinysam.compression.calibration import load_calibration
+    from napari_ultratinysam.compression.mct import export_quantized_onnx, quantize_ptq
 
     class Net(torch.nn.Module):
         def __init__(self):

@@ -7,13 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from napari_ultratinysam.compression.calibration import CalibrationSample, load_calibration
 from napari_ultratinysam.compression.deploy_graph import make_prompt
-from napari_ultratinysam.compression.quantize import (
-    CalibrationSample,
-    _prompt_target,
-    load_calibration,
-    run_with_big_stack,
-)
+from napari_ultratinysam.compression.mct import _prompt_target, run_with_big_stack
 
 from .conftest import needs_mct
 
@@ -24,7 +20,7 @@ CAMVID = Path(__file__).resolve().parents[3] / "shared" / "datasets" / "camvid"
 def test_ptq_onnx_runs_in_onnxruntime_and_agrees_with_float(ptq_tiny):
     import onnx
 
-    from napari_ultratinysam.compression.quantize import QuantizedOnnxRunner
+    from napari_ultratinysam.compression.runner import QuantizedOnnxRunner
 
     q = ptq_tiny
     assert q.onnx_path.is_file()
@@ -51,7 +47,8 @@ def test_ptq_onnx_runs_in_onnxruntime_and_agrees_with_float(ptq_tiny):
 @needs_mct
 def test_qat_runs_and_finalizes(tmp_path):
     """QAT init -> a few training steps with the training losses -> finalize -> MCTQ ONNX that runs."""
-    from napari_ultratinysam.compression.quantize import QuantizedOnnxRunner, quantize_to_onnx
+    from napari_ultratinysam.compression.pipeline import quantize_to_onnx
+    from napari_ultratinysam.compression.runner import QuantizedOnnxRunner
 
     q = quantize_to_onnx(config="tiny_test", method="qat", out=tmp_path, num_images=4, qat_steps=3,
                          agreement_images=2)
@@ -121,7 +118,7 @@ def test_prompt_target_picks_the_object_under_the_click():
 def test_bounded_histograms_keep_memory_flat_and_counts_exact():
     from model_compression_toolkit.core.common.collectors.histogram_collector import HistogramCollector
 
-    from napari_ultratinysam.compression.quantize import bounded_histograms
+    from napari_ultratinysam.compression.mct import bounded_histograms
 
     rng = np.random.default_rng(0)
     xs = [rng.normal(i * 0.1, 1.0 + i * 0.05, size=5000) for i in range(11)]
