@@ -21,7 +21,8 @@ PKG_DIR = Path(__file__).resolve().parents[1] / PKG
 
 # Modules that napari (or the user's command line) loads as entry points: they may import widgets.
 ENTRY_POINTS = {PKG, f"{PKG}.napari_reader", f"{PKG}.data.napari_reader"}
-# The modules of widgets/ that are Qt views; every other module must be usable without Qt.
+# The modules of widgets/ that are Qt views (a package's modules too: widgets/annotator/); every other module must be
+# usable without Qt.
 QT_VIEWS = {"annotator", "export_panel", "finetune_panel", "qt_parts", "workers"}
 QT_NAMES = ("qtpy", "PyQt5", "PyQt6", "PySide2", "PySide6", "napari.qt", "superqt")
 
@@ -145,7 +146,8 @@ def _is_qt_free(name: str) -> bool:
     and the other helpers inside widgets/ included."""
     if name in ENTRY_POINTS:
         return False
-    return not (_is_widget(name) and name.rsplit(".", 1)[-1] in QT_VIEWS)
+    parts = name.split(".")  # the name right under widgets: a Qt view's own modules are Qt views
+    return not (_is_widget(name) and len(parts) > 2 and parts[2] in QT_VIEWS)
 
 
 @pytest.fixture(scope="module")
@@ -282,3 +284,4 @@ def test_checker_finds_private_names_and_qt(tmp_path):
     assert mods[f"{PKG}.b"].private == [(1, f"{PKG}.a", "_helper")]
     assert "qtpy.QtWidgets" in mods[f"{PKG}.b"].externals and _is_qt_free(f"{PKG}.b")
     assert not _is_qt_free(f"{PKG}.widgets.annotator") and _is_qt_free(f"{PKG}.widgets.state")
+    assert not _is_qt_free(f"{PKG}.widgets.annotator.layers")
