@@ -25,7 +25,9 @@ from _report import machine_line, p50_p95, timeit, write_section  # noqa: E402
 
 def ours(threads: int, n_enc: int, n_dec: int, rows: list, image_hw=(1024, 1024)):
     from napari_ultratinysam.core.transforms import prepare_image
-    from napari_ultratinysam.inference.backends.onnx import OnnxBackend, TorchBackend, export_onnx
+    from napari_ultratinysam.inference.backends.onnx import OnnxBackend
+    from napari_ultratinysam.inference.backends.pytorch import TorchBackend
+    from napari_ultratinysam.inference.onnx_export import export_onnx
     from napari_ultratinysam.inference.predictor import Predictor
     from napari_ultratinysam.model.build import build_model
     from napari_ultratinysam.model.checkpoints import DEFAULT_CHECKPOINT, load_model

@@ -148,7 +148,8 @@ def test_pick_scores_is_the_mlp():
 
 
 def test_onnx_folder_carries_the_pick(tiny_model, tmp_path):
-    from napari_ultratinysam.inference.backends.onnx import export_onnx, read_onnx_folder
+    from napari_ultratinysam.inference.backends.onnx import read_onnx_folder
+    from napari_ultratinysam.inference.onnx_export import export_onnx
 
     m = copy.deepcopy(tiny_model)
     m.cfg = copy.deepcopy(tiny_model.cfg)

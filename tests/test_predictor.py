@@ -237,7 +237,7 @@ def test_click_zoom_keeps_the_full_view(tiny_model, kw, points, labels):
 
 
 def test_flip_tta_encodes_the_mirror_image_and_can_be_switched_off(rec):
-    from napari_ultratinysam.inference.backends.onnx import FlipAveragedBackend
+    from napari_ultratinysam.inference.backends.flip import FlipAveragedBackend
 
     p = Predictor(rec, flip_tta=True)
     assert p.flip_tta and isinstance(p.backend, FlipAveragedBackend) and p.backend.lowres_size == rec.lowres_size
@@ -260,7 +260,7 @@ def test_flip_tta_encodes_the_mirror_image_and_can_be_switched_off(rec):
 
 
 def test_flip_tta_mirror_prompt_is_an_involution_and_keeps_box_corners():
-    from napari_ultratinysam.inference.backends.onnx import FlipAveragedBackend
+    from napari_ultratinysam.inference.backends.flip import FlipAveragedBackend
 
     class B:
         image_size = 128
@@ -276,7 +276,8 @@ def test_flip_tta_mirror_prompt_is_an_involution_and_keeps_box_corners():
 def test_flip_averaged_model_is_mirror_equivariant(tiny_model):
     """Averaging over flips makes the real network exactly mirror-equivariant: the mirror image with the mirrored
     prompt gives the mirrored logits (and the same scores), for clicks, a box and a mask input."""
-    from napari_ultratinysam.inference.backends.onnx import FlipAveragedBackend, TorchBackend
+    from napari_ultratinysam.inference.backends.flip import FlipAveragedBackend
+    from napari_ultratinysam.inference.backends.pytorch import TorchBackend
 
     inner = TorchBackend(tiny_model)
     f = FlipAveragedBackend(inner)

@@ -7,7 +7,8 @@ import pytest
 
 from napari_ultratinysam.core.paths import SAMPLE_DIR
 from napari_ultratinysam.inference import int8 as rq
-from napari_ultratinysam.inference.backends.onnx import OnnxBackend, export_onnx
+from napari_ultratinysam.inference.backends.onnx import OnnxBackend
+from napari_ultratinysam.inference.onnx_export import export_onnx
 from napari_ultratinysam.inference.predictor import Predictor
 from napari_ultratinysam.model.checkpoints import DEFAULT_CHECKPOINT
 

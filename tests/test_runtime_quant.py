@@ -100,7 +100,7 @@ def test_quantization_failure_falls_back_to_float(tiny_model, monkeypatch, caplo
 
 # ------------------------------------------------------------------ the folder
 def test_quantize_tiny_folder_with_given_calibration(tmp_path, tiny_model, rng):
-    from napari_ultratinysam.inference.backends.onnx import export_onnx
+    from napari_ultratinysam.inference.onnx_export import export_onnx
 
     export_onnx(tiny_model, tmp_path / "float")
     calib = [rng.integers(0, 255, (48, 64, 3), dtype=np.uint8) for _ in range(3)]
@@ -173,13 +173,14 @@ def test_float_folder_is_cached_and_rebuilt_when_stale(tiny_model, cache_dir, mo
     import json
 
     import napari_ultratinysam.inference.backends.onnx as rt
+    import napari_ultratinysam.inference.onnx_export as ox
 
     folder = rq.onnx_folder_for_model(tiny_model)
     assert cache_dir in folder.parents and folder.name == "float"
     assert json.loads((folder / "config.json").read_text())["export_format"] == rt.EXPORT_FORMAT
     calls = []
-    real_export = rt.export_onnx
-    monkeypatch.setattr(rt, "export_onnx", lambda *a, **k: calls.append(1) or real_export(*a, **k))
+    real_export = ox.export_onnx
+    monkeypatch.setattr(ox, "export_onnx", lambda *a, **k: calls.append(1) or real_export(*a, **k))
     p = Predictor.from_model(tiny_model, backend="onnx")
     assert p.backend.folder == folder and calls == []  # reused, not exported again
     meta = json.loads((folder / "config.json").read_text())

@@ -66,7 +66,7 @@ def load_predictor(spec: PredictorSpec, predictor_cls: Any = None):
     Backends as the widget names them: "torch", "onnxruntime", "onnxruntime int8" or "openvino bf16" (the
     predictor calls the last three "onnx" with precision float / int8 / bf16; for the default weights or a
     checkpoint it exports an ONNX pair to a temporary folder first, and the int8 graphs once into a cache, see
-    runtime_quant; bf16 runs the float pair on OpenVINO)."""
+    inference.int8; bf16 runs the float pair on OpenVINO)."""
     if predictor_cls is None:
         from napari_ultratinysam.inference.predictor import Predictor as predictor_cls  # noqa: N813 (lazy: the torch import is slow)
     src, backend = spec.source, spec.backend

@@ -102,7 +102,7 @@ def cmd_segment(args) -> int:
 
 
 def cmd_export_onnx(args) -> int:
-    from napari_ultratinysam.inference.backends.onnx import export_onnx
+    from napari_ultratinysam.inference.onnx_export import export_onnx
     from napari_ultratinysam.model.checkpoints import DEFAULT_CHECKPOINT, load_model
 
     check_output_dir(args.output, "-o")

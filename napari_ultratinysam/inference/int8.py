@@ -22,7 +22,7 @@ What the int8 folder holds (the measurements behind these choices, and what else
   model's int8 folder has a float encoder.
 
 bf16: onnxruntime's CPU provider has no bf16 Conv/MatMul kernels, so bf16 runs on OpenVINO
-(:mod:`runtime_openvino`), chosen by :func:`choose_precision` where the CPU has bf16 units.
+(``inference.backends.openvino``), chosen by :func:`choose_precision` where the CPU has bf16 units.
 
 The shipped weights come with their float graphs (``weights/onnx``, :func:`shipped_onnx_folder`, written by
 :func:`write_shipped_onnx`): the default model loads without an export step and without torch, and its int8
@@ -73,7 +73,7 @@ def choose_precision(requested: str, caps: dict | None = None, openvino: bool | 
     """Resolve a requested precision to the one to run: "float", "int8" or "bf16".
 
     * "float", "int8": as asked ("int8" runs everywhere onnxruntime does; it is only faster with SIMD int8).
-    * "bf16": the OpenVINO backend in bf16 (runtime_openvino); ValueError, with the reason, where the CPU has no
+    * "bf16": the OpenVINO backend in bf16 (backends.openvino); ValueError, with the reason, where the CPU has no
       avx512_bf16 / amx_bf16 or the openvino package is missing.
     * "auto": "bf16" where the CPU has bf16 units (AMX or AVX512-BF16) and openvino is installed (faster than
       int8 there, at float's accuracy); else "int8" when the CPU has at least AVX2 (AVX2 has int8 dot products;
@@ -376,7 +376,7 @@ def cached_onnx_folder(key: str, model_fn, precision: str = "float",
     two processes racing both end up with a complete folder. A folder of an older export or quantization recipe
     is rebuilt. No network access is involved.
     """
-    from napari_ultratinysam.inference.backends.onnx import export_onnx
+    from napari_ultratinysam.inference.onnx_export import export_onnx
 
     if precision not in ("float", "int8"):
         raise ValueError(f"precision must be 'float' or 'int8', got {precision!r}")
@@ -479,7 +479,7 @@ def write_shipped_onnx(ckpt_path: str | Path | None = None, out: str | Path = SH
     two decoders share one weights file (runtime.share_decoder_weights) and config.json records the checkpoint's
     sha256, which :func:`shipped_onnx_folder` checks. Needs torch (the ``[train]`` extra); replaces ``out``."""
     from napari_ultratinysam.core.paths import DEFAULT_CHECKPOINT
-    from napari_ultratinysam.inference.backends.onnx import export_onnx, share_decoder_weights
+    from napari_ultratinysam.inference.onnx_export import export_onnx, share_decoder_weights
     from napari_ultratinysam.model.checkpoints import load_model
 
     ckpt_path = Path(ckpt_path) if ckpt_path is not None else DEFAULT_CHECKPOINT

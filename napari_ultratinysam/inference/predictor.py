@@ -165,13 +165,13 @@ class Predictor:
 
     @property
     def flip_tta(self) -> bool:
-        from napari_ultratinysam.inference.backends.onnx import FlipAveragedBackend
+        from napari_ultratinysam.inference.backends.flip import FlipAveragedBackend
 
         return isinstance(self.backend, FlipAveragedBackend)
 
     @flip_tta.setter
     def flip_tta(self, on: bool) -> None:
-        from napari_ultratinysam.inference.backends.onnx import FlipAveragedBackend
+        from napari_ultratinysam.inference.backends.flip import FlipAveragedBackend
 
         if bool(on) == self.flip_tta:
             return
@@ -182,9 +182,9 @@ class Predictor:
     @classmethod
     def from_model(cls, model, backend: str = "torch", threads: int = 1, precision: str = "float",
                    _onnx_folder=None, **kw) -> "Predictor":
-        """``precision`` ("float", "int8", "bf16", "auto"; onnx backend only): see runtime_quant.choose_precision.
-        The ONNX graphs (float, int8) are made once per model and cached (runtime_quant.cached_onnx_folder); bf16
-        runs the float graphs on OpenVINO (runtime_openvino). If int8 or bf16 fails to load, a warning is logged
+        """``precision`` ("float", "int8", "bf16", "auto"; onnx backend only): see int8.choose_precision.
+        The ONNX graphs (float, int8) are made once per model and cached (int8.cached_onnx_folder); bf16
+        runs the float graphs on OpenVINO (backends.openvino). If int8 or bf16 fails to load, a warning is logged
         and onnxruntime float is used. ``_onnx_folder(precision)``: the cached folder (from_checkpoint keys it by
         the checkpoint file's hash)."""
         if backend not in ("torch", "onnx"):
@@ -192,7 +192,7 @@ class Predictor:
         if backend == "torch":
             if precision != "float":
                 raise ValueError(f"precision {precision!r} needs backend='onnx' (the torch backend runs float only)")
-            from napari_ultratinysam.inference.backends.onnx import TorchBackend
+            from napari_ultratinysam.inference.backends.pytorch import TorchBackend
 
             return cls(TorchBackend(model, threads=threads), **kw)
 
@@ -210,8 +210,9 @@ class Predictor:
         export for this session only when the float folder cannot be cached (it is called only then: torch)."""
         import logging
 
-        from napari_ultratinysam.inference.backends.onnx import OnnxBackend, export_onnx
+        from napari_ultratinysam.inference.backends.onnx import OnnxBackend
         from napari_ultratinysam.inference.int8 import choose_precision
+        from napari_ultratinysam.inference.onnx_export import export_onnx
 
         def fallback(what: str, e: Exception) -> None:  # reduced precision is an optimisation: never fail a load
             logging.getLogger(__name__).warning("%s (%s); using float ONNX", what,
@@ -243,7 +244,7 @@ class Predictor:
     def from_checkpoint(cls, path: str | Path, backend: str = "torch", precision: str = "float",
                         **kw) -> "Predictor":
         """A .safetensors checkpoint. With ``backend="onnx"`` the checkpoint is loaded (torch) only when its ONNX
-        folder is not cached yet (runtime_quant.onnx_folder_for_checkpoint, keyed by the file's hash; the shipped
+        folder is not cached yet (int8.onnx_folder_for_checkpoint, keyed by the file's hash; the shipped
         weights' folder ships with them)."""
         from napari_ultratinysam.model.checkpoints import CheckpointError, load_model
 

@@ -257,7 +257,7 @@ def batched_decoder(predictor, model=None, batch_size: int = 64) -> BatchedDecod
                 if backend.precision == "bf16":
                     int8_matmul_weights(m)
                 # the backend's settings; snippets off: the fusion that miscompiles the static one-click graph in
-                # bf16 (runtime_openvino)
+                # bf16 (backends.openvino)
                 requests[b] = core.compile_model(m, "CPU", {
                     "INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY",
                     "INFERENCE_PRECISION_HINT": "bf16" if backend.precision == "bf16" else "f32",
