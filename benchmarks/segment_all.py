@@ -92,7 +92,8 @@ def main(argv=None) -> int:
 
     from napari_ultratinysam import Predictor
     from napari_ultratinysam.core.paths import sample_path
-    from napari_ultratinysam.inference.segment_all import batched_decoder, segment_all
+    from napari_ultratinysam.inference.batched_decoder import batched_decoder
+    from napari_ultratinysam.inference.segment_all import segment_all
     from napari_ultratinysam.model.checkpoints import DEFAULT_CHECKPOINT, load_model
 
     torch.set_num_threads(1)

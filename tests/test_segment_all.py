@@ -6,6 +6,7 @@ from PIL import Image
 from napari_ultratinysam.cli.main import main
 from napari_ultratinysam.core.paths import sample_path
 from napari_ultratinysam.inference import segment_all as sa
+from napari_ultratinysam.inference.batched_decoder import batched_decoder
 from napari_ultratinysam.inference.predictor import Predictor
 from napari_ultratinysam.model.checkpoints import save_checkpoint
 
@@ -24,7 +25,7 @@ def _coins():
 def test_coins_at_least_20_of_24_found(default_predictor):
     img, gts = _coins()
     assert len(gts) == 24
-    res = sa.segment_all(default_predictor, img, batched=sa.batched_decoder(default_predictor))
+    res = sa.segment_all(default_predictor, img, batched=batched_decoder(default_predictor))
     assert res.labels.dtype == np.uint16 and res.labels.shape == img.shape[:2]
     found, total = sa.recall_at(res.labels, gts, 0.5)
     assert total == 24 and found >= 20, f"{found} of 24 coins found at IoU >= 0.5"
@@ -39,7 +40,7 @@ def test_batched_and_per_click_decoding_agree(default_predictor):
     img, _ = _coins()
     p = sa.SegmentAllParams(zoom_levels=0, points_per_side=6)
     a = sa.segment_all(default_predictor, img, p)
-    b = sa.segment_all(default_predictor, img, p, batched=sa.batched_decoder(default_predictor))
+    b = sa.segment_all(default_predictor, img, p, batched=batched_decoder(default_predictor))
     assert a.prompts == b.prompts == 36
     assert len(a) == len(b) and len(a) > 0
     assert np.mean(a.labels == b.labels) > 0.99

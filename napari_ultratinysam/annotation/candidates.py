@@ -13,7 +13,7 @@ class Candidates:
     """The masks of one prediction, best first, with a cursor for multimask cycling.
 
     Built from full masks (K, H, W), or from a predictor result whose ``mask(i)`` makes candidate ``i`` on demand
-    (our :class:`~napari_ultratinysam.inference.predictor.Prediction`, which keeps each mask it made):
+    (our :class:`~napari_ultratinysam.inference.prediction.Prediction`, which keeps each mask it made):
     then only the masks actually shown are upsampled.
     """
 

@@ -42,7 +42,8 @@ def write_instance_png(path: Path, labels: np.ndarray) -> None:
 
 def cmd_segment_all(args) -> int:
     from napari_ultratinysam.cli.predict import make_predictor, read_image
-    from napari_ultratinysam.inference.segment_all import SegmentAllParams, batched_decoder, segment_all
+    from napari_ultratinysam.inference.batched_decoder import batched_decoder
+    from napari_ultratinysam.inference.segment_all import SegmentAllParams, segment_all
 
     inputs = list_inputs(args.input)
     out = check_output_dir(args.output, "-o")

@@ -47,7 +47,8 @@ import torch
 from napari_ultratinysam.compression.deploy_graph import BakedPrompt, DeployGraph, make_prompt, to_graph_input
 from napari_ultratinysam.compression.metadata import ONNX_NAME
 from napari_ultratinysam.core.transforms import bilinear_weights, resize_uint8, to_rgb_uint8
-from napari_ultratinysam.inference.predictor import Prediction, Predictor, as_points
+from napari_ultratinysam.inference.prediction import Prediction, as_points
+from napari_ultratinysam.inference.predictor import Predictor
 
 log = logging.getLogger(__name__)
 

@@ -33,7 +33,8 @@ class ProposalsMixin:
         if self.image_layer is None or self.model is None:
             self.status_label.setText("propose: choose an image layer first")
             return None
-        from napari_ultratinysam.inference.segment_all import batched_decoder, segment_all
+        from napari_ultratinysam.inference.batched_decoder import batched_decoder
+        from napari_ultratinysam.inference.segment_all import segment_all
 
         get, session, worker, plane, model = self._image_getter(), self.session, self.worker, self._plane, self.model
         holder: dict = {}
