@@ -54,7 +54,8 @@ def _preprocess(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     from napari_ultratinysam.data.export import export_dataset
-    from napari_ultratinysam.data.project import PROJECT_JSON, Project
+    from napari_ultratinysam.data.project import Project
+    from napari_ultratinysam.data.project_meta import PROJECT_JSON
 
     src_path = Path(args.project)
     if (src_path / PROJECT_JSON).is_file():

@@ -36,25 +36,23 @@ SIMPLIFY = 0.5  # pixels: polygon simplification
 ImageWriter = Callable[[Path, np.ndarray], None]
 
 
+def _has_tag(path: Path, tag: str) -> bool:
+    """Whether ``tag`` is in the head of ``path``: both writers put their tag first, so a big file is not read."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return tag in f.read(4096)
+    except OSError:
+        return False
+
+
 def detect_export(out_dir: Path) -> str | None:
     """'coco' or 'yolo' when ``out_dir`` holds such an export written by this tool, else None."""
     ann = out_dir / "annotations"
-    if ann.is_dir():
-        for p in sorted(ann.glob("instances_*.json")):
-            try:
-                with open(p, encoding="utf-8", errors="replace") as f:
-                    if COCO_TAG in f.read(4096):
-                        return "coco"
-            except OSError:
-                continue
+    if ann.is_dir() and any(_has_tag(p, COCO_TAG) for p in sorted(ann.glob("instances_*.json"))):
+        return "coco"
     yaml_path = out_dir / "data.yaml"
-    if yaml_path.is_file():
-        try:
-            with open(yaml_path, encoding="utf-8", errors="replace") as f:
-                if YOLO_TAG in f.read(4096):
-                    return "yolo"
-        except OSError:
-            pass
+    if yaml_path.is_file() and _has_tag(yaml_path, YOLO_TAG):
+        return "yolo"
     return None
 
 

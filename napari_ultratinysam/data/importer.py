@@ -30,7 +30,9 @@ from typing import Callable
 
 import numpy as np
 
-from napari_ultratinysam.data.project import MAX_ID, PROJECT_JSON, Project
+from napari_ultratinysam.data.project import Project
+from napari_ultratinysam.data.project_files import MAX_ID
+from napari_ultratinysam.data.project_meta import PROJECT_JSON
 from napari_ultratinysam.data.readers._common import Color, Dataset, default_colors, find_by_stem, list_images
 from napari_ultratinysam.data.types import AnnotatedImage
 
@@ -244,7 +246,7 @@ def import_labels(src: str | Path, project_folder: str | Path, format: str = "au
     """
     from tqdm import tqdm
 
-    from napari_ultratinysam.data.export import staged_dir
+    from napari_ultratinysam.data.staging import staged_dir
 
     folder = Path(project_folder)
     _check_target(folder)

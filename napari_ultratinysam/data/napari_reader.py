@@ -18,13 +18,13 @@ from typing import Any, Callable
 import numpy as np
 
 from napari_ultratinysam import _gui_safety  # noqa: F401  (napari process: keep torch away from Triton)
-from napari_ultratinysam.data.readers import Dataset, read_dataset
+from napari_ultratinysam.data.project_meta import PROJECT_FORMAT, PROJECT_JSON
+from napari_ultratinysam.data.readers import Dataset, ours, read_dataset
+from napari_ultratinysam.data.readers.ours import DATASET_JSON
 from napari_ultratinysam.data.types import AnnotatedImage
 
 LayerData = tuple[Any, dict, str]
 PLUGIN = "napari-ultratinysam"
-PROJECT_JSON = "project.json"
-DATASET_JSON = "dataset.json"
 
 
 def _single(path: str | list[str]) -> Path | None:
@@ -37,7 +37,6 @@ def _single(path: str | list[str]) -> Path | None:
 
 def _is_project(folder: Path) -> bool:
     from napari_ultratinysam.core.io import read_tagged_json
-    from napari_ultratinysam.data.project import PROJECT_FORMAT
 
     try:
         read_tagged_json(folder / PROJECT_JSON, "format", PROJECT_FORMAT, "a napari-ultratinysam project file")
@@ -47,8 +46,6 @@ def _is_project(folder: Path) -> bool:
 
 
 def _is_dataset(folder: Path) -> bool:
-    from napari_ultratinysam.data.readers import ours
-
     return (folder / DATASET_JSON).is_file() and ours.detect(folder)
 
 

@@ -25,9 +25,9 @@ from PIL import Image
 
 from napari_ultratinysam.core.io import atomic_path, atomic_write_json
 from napari_ultratinysam.core.transforms import letterbox, letterbox_masks
-from napari_ultratinysam.data.export import staged_dir
 from napari_ultratinysam.data.readers._common import Dataset
 from napari_ultratinysam.data.readers.shards import INDEX, SHARD_FORMAT, ShardDataset
+from napari_ultratinysam.data.staging import staged_dir
 from napari_ultratinysam.data.types import AnnotatedImage
 
 CODECS = ("jpeg", "raw")

@@ -14,8 +14,10 @@ import numpy as np
 import pytest
 
 from napari_ultratinysam.data import export as export_mod
-from napari_ultratinysam.data.export import export_dataset, recover_staged
+from napari_ultratinysam.data import staging as staging_mod
+from napari_ultratinysam.data.export import export_dataset
 from napari_ultratinysam.data.readers import read_dataset
+from napari_ultratinysam.data.staging import recover_staged
 from napari_ultratinysam.data.types import AnnotatedImage
 
 CLASSES = ["a", "b", "c"]
@@ -159,17 +161,17 @@ def test_swap_is_an_exchange_and_the_two_step_fallback_leaves_nothing(tmp_path, 
     out = tmp_path / "out" / "ds"
     _export(out, _items())
     calls = []
-    real = export_mod.exchange_paths
-    monkeypatch.setattr(export_mod, "exchange_paths", lambda a, b: calls.append((a, b)) or real(a, b))
+    real = staging_mod.exchange_paths
+    monkeypatch.setattr(staging_mod, "exchange_paths", lambda a, b: calls.append((a, b)) or real(a, b))
     _export(out, _items(variant=1))
     assert len(calls) == 1 and calls[0][1] == out
-    if export_mod._renameat2 is not None:  # Linux with glibc >= 2.28
+    if staging_mod._renameat2 is not None:  # Linux with glibc >= 2.28
         a, b = tmp_path / "x", tmp_path / "y"
         a.mkdir(), b.mkdir()
         (a / "A").touch()
-        assert export_mod.exchange_paths(a, b) and (b / "A").exists() and not (a / "A").exists()
-    monkeypatch.setattr(export_mod, "_renameat2", None)
-    assert export_mod.exchange_paths(tmp_path, tmp_path) is False
+        assert staging_mod.exchange_paths(a, b) and (b / "A").exists() and not (a / "A").exists()
+    monkeypatch.setattr(staging_mod, "_renameat2", None)
+    assert staging_mod.exchange_paths(tmp_path, tmp_path) is False
     _export(out, _items(variant=2))
     assert sorted(p.name for p in out.parent.iterdir()) == ["ds"]
     assert _digest(out) == _digest(_reference(tmp_path, _items(variant=2)))
@@ -212,14 +214,14 @@ def test_live_stage_is_not_removed_and_orphan_temps_are_dropped(tmp_path):
     _export(out, _items())
     live = out.parent / ".ds.tmp-0badf00d"
     live.mkdir()
-    fd = export_mod._lock(live)  # another exporter, still running
+    fd = staging_mod._lock(live)  # another exporter, still running
     try:
         (out / ".dataset.json.abc123.json.tmp").write_text("{")  # an atomic write killed before its rename
         _export(out, _items(variant=1))
         assert live.is_dir()
         assert not list(out.glob(".*.tmp"))
     finally:
-        export_mod._unlock(fd)
+        staging_mod._unlock(fd)
     _export(out, _items(variant=1))
     assert not live.exists()
 
@@ -242,9 +244,11 @@ def _instrument(kill_at: int | None, counter: list[int]) -> None:
             return out
         return inner
 
-    for name in ("_write_image", "write_png", "fsync_dir", "exchange_paths", "atomic_write_json", "_write_lists",
-                 "_write_class_dict", "_remove_entry", "_new_dir", "_lock"):
-        setattr(export_mod, name, wrap(getattr(export_mod, name)))
+    for mod, names in ((export_mod, ("_write_image", "write_png", "atomic_write_json", "_write_lists",
+                                     "_write_class_dict", "_remove_entry")),
+                       (staging_mod, ("fsync_dir", "exchange_paths", "_new_dir", "_lock"))):
+        for name in names:
+            setattr(mod, name, wrap(getattr(mod, name)))
 
     class _Proxy:
         """A module whose chosen functions count as steps."""
@@ -257,8 +261,8 @@ def _instrument(kill_at: int | None, counter: list[int]) -> None:
         def __getattr__(self, name):
             return getattr(self._module, name)
 
-    export_mod.os = _Proxy(os, ("rename", "replace", "chmod", "mkdir", "unlink"))
-    export_mod.shutil = _Proxy(shutil, ("rmtree", "copytree"))
+    staging_mod.os = _Proxy(os, ("rename", "replace", "chmod", "mkdir", "unlink"))
+    staging_mod.shutil = _Proxy(shutil, ("rmtree", "copytree"))
 
 
 def _child_export(out, items, kill_at, two_step) -> int:
@@ -271,7 +275,7 @@ def _child_export(out, items, kill_at, two_step) -> int:
             counter = [0]
             _instrument(kill_at, counter)
             if two_step:
-                export_mod._renameat2 = None
+                staging_mod._renameat2 = None
             _export(out, items)
             os.write(w, str(counter[0]).encode())
         finally:

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from napari_ultratinysam.data.export import export_dataset
-from napari_ultratinysam.data.project import PROJECT_JSON, Project
+from napari_ultratinysam.data.project import Project
+from napari_ultratinysam.data.project_meta import PROJECT_JSON
 
 H, W = 160, 200
 

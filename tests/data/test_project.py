@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from napari_ultratinysam.data import project as project_mod
+from napari_ultratinysam.data import project_files
 from napari_ultratinysam.data.project import Project
 from napari_ultratinysam.data.readers.camvid import CAMVID_CLASSES, CAMVID_COLORS
 
@@ -124,7 +125,7 @@ def test_crash_inside_a_save_keeps_a_consistent_state(tmp_path, images, monkeypa
         raise OSError("disk full")
 
     with monkeypatch.context() as mp:
-        mp.setattr(project_mod.Image.Image, "save", boom)
+        mp.setattr(project_files.Image.Image, "save", boom)
         with pytest.raises(OSError):
             p.commit_object(0, _box(10, 12, 10, 12), 2)
     ids, classes, _ = p.get_annotation(0)

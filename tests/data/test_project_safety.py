@@ -16,14 +16,14 @@ import pytest
 
 from napari_ultratinysam.core import io as io_utils
 from napari_ultratinysam.data import project as project_mod
+from napari_ultratinysam.data import project_files
 from napari_ultratinysam.data.project import (
-    LOCK_FILE,
-    PROJECT_JSON,
     Project,
     ProjectChangedError,
     ProjectLockedError,
     ProjectReadOnlyError,
 )
+from napari_ultratinysam.data.project_meta import LOCK_FILE, PROJECT_JSON
 
 posix_only = pytest.mark.skipif(sys.platform == "win32" or not hasattr(os, "fork"), reason="needs fork and signals")
 H, W = 24, 32
@@ -143,10 +143,10 @@ def _rewrite_record(png, edit):
     from PIL.PngImagePlugin import PngInfo
 
     with Image.open(png) as im:
-        arr, rec = np.array(im), json.loads(im.text[project_mod._PNG_KEY])
+        arr, rec = np.array(im), json.loads(im.text[project_files._PNG_KEY])
     edit(rec)
     info = PngInfo()
-    info.add_itxt(project_mod._PNG_KEY, json.dumps(rec))
+    info.add_itxt(project_files._PNG_KEY, json.dumps(rec))
     Image.fromarray(arr).save(png, pnginfo=info)
 
 
