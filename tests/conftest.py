@@ -69,3 +69,32 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if GUI_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.gui)
+
+
+def _disc_stack(n=20, h=256, w=256, r=40, present=lambda i: True, seed=0):
+    """An orange disc moving diagonally (6 px right, ~4 px down per slice) over a smooth noisy green background:
+    (n, h, w, 3) uint8 slices and the (n, h, w) true masks. From the middle slice the disc moves further than its
+    radius, so the start slice's box alone cannot find the end slices."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:h, :w]
+    from scipy import ndimage
+
+    bg = ndimage.gaussian_filter(rng.normal(0, 1, (h, w)), 8)
+    bg = (bg - bg.min()) / np.ptp(bg) * 60 + 40
+    stack = np.zeros((n, h, w, 3), np.uint8)
+    masks = np.zeros((n, h, w), bool)
+    for i in range(n):
+        cx, cy = 70 + 6 * i, 80 + 4 * i + 10 * np.sin(i / 3)
+        m = ((xx - cx) ** 2 + (yy - cy) ** 2 <= r * r) & present(i)
+        img = np.stack([bg * 0.6, bg * 1.2, bg * 0.8], -1) + rng.normal(0, 5, (h, w, 3))
+        img[m] = np.array([220, 120, 40]) + rng.normal(0, 5, (int(m.sum()), 3))
+        stack[i] = np.clip(img, 0, 255).astype(np.uint8)
+        masks[i] = m
+    return stack, masks
+
+
+@pytest.fixture(scope="session")
+def disc_stack():
+    """disc_stack(n=20, h=256, w=256, r=40, present=lambda i: True, seed=0) -> (stack, masks): a moving disc for
+    the propagation tests of the predictor and of the annotator."""
+    return _disc_stack

@@ -79,26 +79,6 @@ def test_replaced_layer_data_gets_new_embedding_keys(annotator, qtbot):
     assert w.session.predictor.set_image_calls[-1] == after
 
 
-def _disc_stack(n=20, h=256, w=256, r=40):
-    """The moving orange disc of tests/test_propagation.py, (n, h, w, 3) uint8, and its true masks."""
-    from scipy import ndimage
-
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[:h, :w]
-    bg = ndimage.gaussian_filter(rng.normal(0, 1, (h, w)), 8)
-    bg = (bg - bg.min()) / np.ptp(bg) * 60 + 40
-    stack = np.zeros((n, h, w, 3), np.uint8)
-    masks = np.zeros((n, h, w), bool)
-    for i in range(n):
-        cx, cy = 70 + 6 * i, 80 + 4 * i + 10 * np.sin(i / 3)
-        m = (xx - cx) ** 2 + (yy - cy) ** 2 <= r * r
-        img = np.stack([bg * 0.6, bg * 1.2, bg * 0.8], -1) + rng.normal(0, 5, (h, w, 3))
-        img[m] = np.array([220, 120, 40]) + rng.normal(0, 5, (int(m.sum()), 3))
-        stack[i] = np.clip(img, 0, 255).astype(np.uint8)
-        masks[i] = m
-    return stack, masks
-
-
 @pytest.fixture(scope="module")
 def real_predictor():
     from napari_ultratinysam import Predictor
@@ -106,10 +86,10 @@ def real_predictor():
     return Predictor.from_default()
 
 
-def test_real_model_moving_disc(make_napari_viewer, qtbot, real_predictor):
+def test_real_model_moving_disc(make_napari_viewer, qtbot, real_predictor, disc_stack):
     from napari_ultratinysam.widgets.annotator import AnnotatorWidget
 
-    stack, gt = _disc_stack()
+    stack, gt = disc_stack()
     viewer = make_napari_viewer()
     w = AnnotatorWidget(viewer, predictor=real_predictor)
     try:

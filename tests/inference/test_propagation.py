@@ -4,30 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from scipy import ndimage
 
 from napari_ultratinysam.core.transforms import geometry_for, logits_to_image
 from napari_ultratinysam.inference.propagation import PropagationResult, mask_to_lowres, propagate
-
-
-def disc_stack(n=20, h=256, w=256, r=40, present=lambda i: True, seed=0):
-    """An orange disc moving diagonally (6 px right, ~4 px down per slice) over a smooth noisy green background:
-    (n, h, w, 3) uint8 slices and the (n, h, w) true masks. From the middle slice the disc moves further than its
-    radius, so the start slice's box alone cannot find the end slices."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:h, :w]
-    bg = ndimage.gaussian_filter(rng.normal(0, 1, (h, w)), 8)
-    bg = (bg - bg.min()) / np.ptp(bg) * 60 + 40
-    stack = np.zeros((n, h, w, 3), np.uint8)
-    masks = np.zeros((n, h, w), bool)
-    for i in range(n):
-        cx, cy = 70 + 6 * i, 80 + 4 * i + 10 * np.sin(i / 3)
-        m = ((xx - cx) ** 2 + (yy - cy) ** 2 <= r * r) & present(i)
-        img = np.stack([bg * 0.6, bg * 1.2, bg * 0.8], -1) + rng.normal(0, 5, (h, w, 3))
-        img[m] = np.array([220, 120, 40]) + rng.normal(0, 5, (int(m.sum()), 3))
-        stack[i] = np.clip(img, 0, 255).astype(np.uint8)
-        masks[i] = m
-    return stack, masks
 
 
 def iou(a, b) -> float:
@@ -44,7 +23,7 @@ def predictor():
 # ------------------------------------------------------------------------------------------- the real model
 
 
-def test_moving_disc_every_slice(predictor):
+def test_moving_disc_every_slice(predictor, disc_stack):
     stack, gt = disc_stack()
     keys = []
     set_image = predictor.set_image
@@ -70,7 +49,7 @@ def test_moving_disc_every_slice(predictor):
     assert (gt[0] & box).sum() < 0.5 * gt[0].sum() and (gt[19] & box).sum() < 0.5 * gt[19].sum()
 
 
-def test_stops_where_the_disc_disappears(predictor):
+def test_stops_where_the_disc_disappears(predictor, disc_stack):
     stack, gt = disc_stack(present=lambda i: 5 <= i <= 14)
     res = propagate(predictor, stack, 10, gt[10], key="vanishing")
     assert sorted(res) == [5, 6, 7, 8, 9, 11, 12, 13, 14]
@@ -79,7 +58,7 @@ def test_stops_where_the_disc_disappears(predictor):
     assert min(iou(res[i], gt[i]) for i in res) >= 0.9
 
 
-def test_forward_only_and_hashing_without_key(predictor):
+def test_forward_only_and_hashing_without_key(predictor, disc_stack):
     stack, gt = disc_stack(n=6)
     res = propagate(predictor, stack, 2, gt[2], direction="forward")  # no key: the predictor hashes each slice
     assert sorted(res) == [3, 4, 5] and list(res.stops) == ["forward"]
