@@ -196,7 +196,7 @@ def test_a_stale_shipped_folder_is_not_used(tmp_path):
 
 
 def test_default_onnx_model_loads_without_an_export(monkeypatch):
-    import napari_ultratinysam.inference.backends.onnx as rt
+    import napari_ultratinysam.inference.onnx_export as rt
     from napari_ultratinysam import Predictor
 
     def no_export(*a, **k):
