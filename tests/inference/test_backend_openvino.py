@@ -253,3 +253,18 @@ def test_bf16_decoder_has_int8_weights(onnx_folder):
     assert OpenVinoBackend(onnx_folder, precision="bf16").int8_weight_matmuls > 0
     assert OpenVinoBackend(onnx_folder, precision="bf16", int8_weights=False).int8_weight_matmuls == 0
     assert OpenVinoBackend(onnx_folder, precision="float").int8_weight_matmuls == 0
+
+
+def test_exit_right_after_load_waits_for_the_background_compile():
+    """Exiting while the other decoder graphs still compile in the background used to abort the process
+    (exit 134, "terminate called without an active exception"): the compile thread is waited for."""
+    import subprocess
+    import sys
+
+    from napari_ultratinysam.inference.int8 import SHIPPED_ONNX_DIR
+
+    script = ("from napari_ultratinysam.inference.backends.openvino import OpenVinoBackend\n"
+              f"b = OpenVinoBackend({str(SHIPPED_ONNX_DIR)!r}, precision='float', background=True)\n"
+              "assert not b._compiled.is_set(), 'compiled before the exit: nothing tested'\n")
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-1500:]

@@ -215,7 +215,9 @@ class OpenVinoBackend:
                 finally:
                     self._compiled.set()
 
-            threading.Thread(target=run, name="utsam-openvino-compile", daemon=True).start()
+            # not a daemon: the interpreter waits for it at exit; OpenVINO aborts the process ("terminate called
+            # without an active exception") when it is torn down while compiling
+            threading.Thread(target=run, name="utsam-openvino-compile", daemon=False).start()
         else:
             self._compiled.set()
         self._enc = enc.create_infer_request()
