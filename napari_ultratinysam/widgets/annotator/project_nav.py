@@ -63,15 +63,30 @@ class ProjectMixin:
             self.new_project(folder, images)
 
     def open_project(self, folder) -> bool:
-        from napari_ultratinysam.data.project import Project
+        """Open a project folder; one that another window or process has open can be opened read-only (asked)."""
+        from napari_ultratinysam.data.project import Project, ProjectLockedError
 
         try:
-            project = Project.open(folder)
+            try:
+                project = Project.open(folder)
+            except ProjectLockedError as exc:
+                if not self.ask_open_read_only(exc):
+                    self.project_label.setText(f"<span style='color:#e55'>{exc}</span>")
+                    return False
+                project = Project.open(folder, read_only=True)
         except (OSError, ValueError) as exc:
             self.project_label.setText(f"<span style='color:#e55'>{exc}</span>")
             return False
         self.set_project(project)
         return True
+
+    def ask_open_read_only(self, exc) -> bool:
+        """The project is open elsewhere: open it read-only here? (a dialog; tests replace this method)"""
+        from qtpy.QtWidgets import QMessageBox
+
+        answer = QMessageBox.question(self, "Project in use", f"{exc}\n\nOpen it read-only? Nothing you do here "
+                                      "will be saved.", QMessageBox.Yes | QMessageBox.No, QMessageBox.No)
+        return answer == QMessageBox.Yes
 
     def new_project(self, folder, images) -> bool:
         from napari_ultratinysam.data.project import Project
@@ -135,9 +150,12 @@ class ProjectMixin:
         return worker
 
     def set_project(self, project) -> None:
-        """Annotate a Project: its classes, its current image; every change is saved (off the GUI thread)."""
+        """Annotate a Project: its classes, its current image; every change is saved (off the GUI thread). The
+        project shown before is closed (its lock released for other windows)."""
         self.flush_autosave()
-        self.project = project
+        old, self.project = self.project, project
+        if old is not None and old is not project:
+            old.close()
         self._classes = [ClassSpec(n, tuple(int(v) for v in c)) for n, c in zip(project.classes, project.colors)]
         if not self._classes:  # a project without classes starts with the neutral one
             self._classes = list(DEFAULT_CLASSES)
@@ -188,14 +206,15 @@ class ProjectMixin:
         p = self.project
         if p is None:
             return
+        note = " - read-only: changes are not saved" if p.read_only else ""
         self.project_label.setText(f"{p.folder.name}: image {self.project_index + 1}/{len(p)} "
-                                   f"({p.names[self.project_index]}) - {p.progress_text()}")
+                                   f"({p.names[self.project_index]}) - {p.progress_text()}{note}")
         self.prev_btn.setEnabled(self.project_index > 0)
         self.next_btn.setEnabled(self.project_index < len(p) - 1)
 
     def _autosave(self):
         p, i = self.project, self.project_index
-        if p is None or self.model is None or i < 0 or self.annotations is None:
+        if p is None or p.read_only or self.model is None or i < 0 or self.annotations is None:
             return
         if self.annotations is not self._project_annotations or not self._in_project():
             return  # another image layer is being annotated: not the project's image i

@@ -175,6 +175,8 @@ class AnnotatorWidget(ModelPickerMixin, DevicePreviewMixin, LayersMixin, InputMi
             self._flush_on_draw = None
         self.worker.close()
         self.saver.close()
+        if self.project is not None:  # release its lock: another window may open it now
+            self.project.close()
         self._end_slow_progress()
         if self.export_dialog is not None:
             self.export_dialog.close()
