@@ -12,7 +12,7 @@ band, so the watershed can move the boundary there (the documented local correct
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from scipy import ndimage
@@ -28,6 +28,8 @@ class RefineConfig:
     first_click: bool = True     # also refine a prompt without mask_input (a first click) at full resolution
     reach: float = 2.0           # a correction changes the mask within this many times the click's depth (its
                                  # distance to the shown mask's boundary, plus the band) of the click
+    max_side: int = 512          # a region larger than this (px) is decided at an integer fraction of the image's
+                                 # resolution (block means), then upsampled: the cost stays bounded on big images
 
 
 def image_gradient(rgb: np.ndarray, sigma: float = 1.0) -> np.ndarray:
@@ -62,15 +64,14 @@ def _disc_seeds(shape: tuple[int, int], pts: np.ndarray, radius: float) -> np.nd
 
 
 def refine(rgb: np.ndarray, logits: np.ndarray, points: np.ndarray, labels: np.ndarray, cell_px: float,
-           cfg: RefineConfig = RefineConfig(), gradient: np.ndarray | None = None) -> np.ndarray:
+           cfg: RefineConfig = RefineConfig()) -> np.ndarray:
     """(H, W) bool mask from (H, W) full-resolution ``logits`` of a region, its (H, W, 3) ``rgb`` pixels and the
-    clicks ((N, 2) (x, y) in the region's pixels, (N,) labels 1/0). ``cell_px``: image pixels per low-res cell.
-    ``gradient``: precomputed ``image_gradient`` of the same region (else computed here)."""
+    clicks ((N, 2) (x, y) in the region's pixels, (N,) labels 1/0). ``cell_px``: image pixels per low-res cell."""
     from skimage.segmentation import watershed
 
     h, w = logits.shape
     model = logits > 0
-    band = max(float(cfg.min_band_px), cfg.band * cell_px)
+    band = band_px(cfg, cell_px)
     # chessboard distances: the band's exact shape does not matter, its cost does
     far = np.full((h, w), h + w, dtype=np.int32)  # no boundary in the region: everything is far from it
     d_in = ndimage.distance_transform_cdt(model, metric="chessboard") if not model.all() else far
@@ -102,7 +103,7 @@ def refine(rgb: np.ndarray, logits: np.ndarray, points: np.ndarray, labels: np.n
         return markers == 2
     # flood only the band (and the seed pixels that touch it): the cost follows the boundary, not the area
     work = ndimage.binary_dilation(undecided, structure=np.ones((3, 3), dtype=bool))
-    g = image_gradient(rgb, cfg.smooth) if gradient is None else gradient
+    g = image_gradient(rgb, cfg.smooth)
     elev = g + cfg.prior * np.exp(-np.square(logits / 2.0)).astype(np.float32) if cfg.prior else g
     seg = markers == 2
     ys, xs = np.nonzero(work)
@@ -156,7 +157,6 @@ class Refiner:
         self.cfg = cfg
         self.memory = memory
         self._shown: dict[tuple, np.ndarray] = {}
-        self._gradient: tuple = (None, None)  # (image key, image_gradient of the whole image)
 
     @staticmethod
     def _key(image_key, lowres: np.ndarray) -> tuple:
@@ -175,20 +175,18 @@ class Refiner:
 
     def clear(self) -> None:
         self._shown.clear()
-        self._gradient = (None, None)
-
-    def gradient(self, image_key, image: np.ndarray) -> np.ndarray:
-        """``image_gradient`` of the whole image, computed on its first correction and kept for the next ones."""
-        if self._gradient[0] != image_key or self._gradient[1] is None:
-            self._gradient = (image_key, image_gradient(image, self.cfg.smooth))
-        return self._gradient[1]
 
     def correct(self, image_key, image: np.ndarray, region: tuple | None, points: np.ndarray, labels: np.ndarray,
                 cell_px: float, previous: np.ndarray | None) -> np.ndarray:
         """The refined (H, W) bool mask after a correction click. ``region``: (box (x0, y0, x1, y1), logits of
         that box at image resolution) of the model's mask, or None for an empty one; ``previous``: the mask shown
-        before this click (None: unknown, the refined mask is returned whole)."""
+        before this click (None: unknown, the refined mask is returned whole).
+
+        Only the region the model's mask, the shown mask and the clicks cover (plus the band) is looked at; its
+        image gradient is computed there, on the region's own contrast. A region wider than ``cfg.max_side`` is
+        decided on block means of ``f`` x ``f`` pixels and upsampled; clicks are obeyed at full resolution."""
         h, w = image.shape[:2]
+        cfg = self.cfg
         pts = np.asarray(points, dtype=np.float32).reshape(-1, 2)
         boxes = [(pts[:, 0].min(), pts[:, 1].min(), pts[:, 0].max() + 1, pts[:, 1].max() + 1)]
         if region is not None:
@@ -196,7 +194,8 @@ class Refiner:
         if previous is not None and previous.any():
             rows, cols = np.flatnonzero(previous.any(1)), np.flatnonzero(previous.any(0))
             boxes.append((cols[0], rows[0], cols[-1] + 1, rows[-1] + 1))
-        pad = int(np.ceil(max(self.cfg.min_band_px, self.cfg.band * cell_px))) + self.cfg.click_radius_px + 2
+        band = band_px(cfg, cell_px)
+        pad = int(np.ceil(band)) + cfg.click_radius_px + 2
         b = np.array(boxes, dtype=np.float64)
         x0, y0 = max(0, int(b[:, 0].min()) - pad), max(0, int(b[:, 1].min()) - pad)
         x1, y1 = min(w, int(np.ceil(b[:, 2].max())) + pad), min(h, int(np.ceil(b[:, 3].max())) + pad)
@@ -205,15 +204,51 @@ class Refiner:
             (rx0, ry0, rx1, ry1), rl = region
             logits[ry0 - y0:ry1 - y0, rx0 - x0:rx1 - x0] = rl
         off = np.array([x0, y0], np.float32)
-        seg = refine(image[y0:y1, x0:x1], logits, pts - off, labels, cell_px, self.cfg,
-                     gradient=self.gradient(image_key, image)[y0:y1, x0:x1])
+        f = max(1, int(np.ceil(max(y1 - y0, x1 - x0) / max(1, cfg.max_side))))
+        rgb = image[y0:y1, x0:x1]
+        if f == 1:
+            seg = refine(rgb, logits, pts - off, labels, cell_px, cfg)
+        else:  # decided at 1/f of the resolution, in image-pixel units scaled alike
+            small = replace(cfg, min_band_px=max(1, round(cfg.min_band_px / f)),
+                            click_radius_px=max(1, round(cfg.click_radius_px / f)))
+            seg = refine(block_mean(rgb, f), block_mean(logits, f), (pts - off) / f, labels, cell_px / f, small)
+            seg = np.repeat(np.repeat(seg, f, axis=0), f, axis=1)[:y1 - y0, :x1 - x0]
         if previous is not None:
             prev = previous[y0:y1, x0:x1]
             px, py = int(np.clip(pts[-1][0] - x0, 0, x1 - x0 - 1)), int(np.clip(pts[-1][1] - y0, 0, y1 - y0 - 1))
-            inside = prev[py, px]
-            depth = ndimage.distance_transform_cdt(prev if inside else ~prev, metric="chessboard")[py, px]
-            band = max(self.cfg.min_band_px, self.cfg.band * cell_px)
-            seg = merge_at_click(prev, seg, pts[-1] - off, self.cfg.reach * (float(depth) + band))
+            depth = click_depth(prev, px, py)
+            seg = merge_at_click(prev, seg, pts[-1] - off, cfg.reach * (float(depth) + band))
         out = np.zeros((h, w), dtype=bool)
         out[y0:y1, x0:x1] = seg
-        return obey_clicks(out, pts, labels, self.cfg.click_radius_px)
+        return obey_clicks(out, pts, labels, cfg.click_radius_px)
+
+
+def band_px(cfg: RefineConfig, cell_px: float) -> float:
+    """Half-width (image px) of the undecided band around the model's boundary."""
+    return max(float(cfg.min_band_px), cfg.band * cell_px)
+
+
+def block_mean(a: np.ndarray, f: int) -> np.ndarray:
+    """``a`` (H, W[, C]) averaged over f x f blocks (edge-padded to a multiple of f), float32."""
+    h, w = a.shape[:2]
+    ph, pw = -h % f, -w % f
+    if ph or pw:
+        a = np.pad(a, ((0, ph), (0, pw)) + ((0, 0),) * (a.ndim - 2), mode="edge")
+    hh, ww = a.shape[0] // f, a.shape[1] // f
+    return a.reshape(hh, f, ww, f, *a.shape[2:]).astype(np.float32).mean(axis=(1, 3))
+
+
+def click_depth(mask: np.ndarray, x: int, y: int) -> int:
+    """Chessboard distance (px) from (x, y) to the nearest pixel of the other label of ``mask``; a large number
+    when there is none. Grows a window around the click instead of transforming the whole region."""
+    inside = bool(mask[y, x])
+    h, w = mask.shape
+    r = 1
+    while True:
+        win = mask[max(0, y - r):y + r + 1, max(0, x - r):x + r + 1]
+        if (win != inside).any():
+            ys, xs = np.nonzero(win != inside)
+            return int(np.max(np.abs(np.stack([ys + max(0, y - r) - y, xs + max(0, x - r) - x])), axis=0).min())
+        if r > max(h, w):
+            return h + w
+        r *= 2

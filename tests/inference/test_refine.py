@@ -161,3 +161,36 @@ def test_prompts_outside_the_image_are_refused_and_boxes_clipped(scripted):
     r = p.predict(box=[50, 60, 400, 200])  # partly outside: clipped, a mask all the same
     assert r.mask(0).any()
     assert p.predict(points=[[256, 256]], labels=[1]).mask(0)[255, 255]  # the far edge is still inside
+
+
+def test_click_depth_is_the_chessboard_distance_to_the_other_label():
+    from scipy import ndimage
+
+    from napari_ultratinysam.inference.refine import click_depth
+
+    rng = np.random.default_rng(3)
+    for _ in range(30):
+        m = ndimage.binary_opening(rng.random((60, 80)) < 0.6, iterations=2)
+        y, x = int(rng.integers(60)), int(rng.integers(80))
+        src = m if m[y, x] else ~m
+        if src.all():
+            continue
+        want = ndimage.distance_transform_cdt(src, metric="chessboard")[y, x]
+        assert click_depth(m, x, y) == want
+
+
+def test_a_large_region_is_decided_at_a_fraction_of_the_resolution():
+    """A region over max_side px is refined on block means and upsampled: nearly the full-resolution answer, and
+    the clicks still obeyed exactly."""
+    from napari_ultratinysam.inference.refine import Refiner
+
+    img, gt = _square_image(h=512, w=512, box=(120, 140, 380, 360))
+    coarse = np.zeros_like(gt)
+    coarse[120:360, 100:400] = True  # ~20 px too wide on both sides
+    region = ((90, 90, 430, 400), np.where(coarse, 3.0, -3.0).astype(np.float32)[90:400, 90:430])
+    pts, lab = np.array([[250.0, 250.0], [110.0, 250.0]]), np.array([1, 0])
+    full = Refiner(RefineConfig(max_side=4096)).correct("k", img, region, pts, lab, 32.0, None)
+    small = Refiner(RefineConfig(max_side=128)).correct("k", img, region, pts, lab, 32.0, None)
+    assert _iou(full, gt) > 0.97 and _iou(small, gt) > 0.95
+    assert _iou(small, full) > 0.95
+    assert small[250, 250] and not small[250, 110]
