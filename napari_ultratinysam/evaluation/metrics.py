@@ -3,7 +3,7 @@
 * IoU with an ignore region; pairwise IoU matrices.
 * Interactive segmentation: NoC@thr, failures, mIoU@k (RITM / SimpleClick conventions).
 * The original paper's "mAP" (``eval_utsam.py`` ``manual_eval``), reproduced exactly, and standard COCO-style
-  AP (``pycocotools.COCOeval`` semantics for one area range) from predicted-IoU scores.
+  AP (pycocotools' ``COCOeval``, one area range) from predicted-IoU scores.
 
 Per-image inputs for the AP functions are lists with one entry per image: ``ious[i]`` is the (P_i, G_i) IoU
 matrix between that image's predictions (in stored order) and its ground-truth objects (in stored order),
@@ -11,9 +11,14 @@ matrix between that image's predictions (in stored order) and its ground-truth o
 """
 from __future__ import annotations
 
+import contextlib
+import io
 from typing import Sequence
 
 import numpy as np
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
 
 #: The paper's IoU thresholds, exactly as in eval_utsam.py (np.arange, so e.g. 0.6000000000000001).
 PAPER_IOU_THRESHOLDS = np.arange(0.5, 1.0, 0.05)
@@ -44,10 +49,15 @@ def iou_matrix(preds: np.ndarray, gts: np.ndarray, ignore: np.ndarray | None = N
         if keep.shape[0] != pf.shape[1]:
             raise ValueError(f"ignore: shape {np.shape(ignore)} does not match mask size {p.shape[1:]}")
         pf, gf = pf & keep, gf & keep
-    pf, gf = pf.astype(np.float32), gf.astype(np.float32)
-    inter = (pf @ gf.T).astype(np.float64)
-    union = pf.sum(1)[:, None].astype(np.float64) + gf.sum(1)[None, :] - inter
-    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+    if not len(pf) or not len(gf):
+        return np.zeros((len(pf), len(gf)))
+    # pycocotools' RLE IoU on the masks with the ignored pixels cleared: the same counts, divided the same way
+    # (an empty intersection, so an empty union, gives 0)
+    def rles(flat: np.ndarray) -> list[dict]:  # (N, H*W) -> pycocotools' (H, W, N) column-major layout
+        return mask_utils.encode(np.asfortranarray(flat.reshape(len(flat), *p.shape[1:]).transpose(1, 2, 0),
+                                                   dtype=np.uint8))
+
+    return np.ascontiguousarray(mask_utils.iou(rles(pf), rles(gf), [0] * len(gf)), dtype=np.float64)
 
 
 def agreement_iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -58,6 +68,7 @@ def agreement_iou(a: np.ndarray, b: np.ndarray) -> float:
 
 def mask_iou(pred: np.ndarray, gt: np.ndarray, ignore: np.ndarray | None = None) -> float:
     """IoU of two (H, W) masks, ``ignore`` pixels excluded; 0.0 when the union is empty."""
+    # two pixel counts (the same number as iou_matrix): for one pair, pycocotools' RLE encoding costs more
     p, g = np.asarray(pred), np.asarray(gt)
     if p.ndim != 2 or p.shape != g.shape:
         raise ValueError(f"pred: expected an (H, W) mask of gt's shape {g.shape}, got {p.shape}")
@@ -194,28 +205,35 @@ def paper_map(ious: Sequence[np.ndarray], pred_classes: Sequence[np.ndarray], gt
 
 
 # ------------------------------------------------------------------------------------- COCO AP
-def _coco_image_matches(iou: np.ndarray, order: np.ndarray, thr: float) -> np.ndarray:
-    """COCOeval.evaluateImg for one image/category/threshold: detections in ``order`` (score-sorted) each take
-    the unmatched GT of highest IoU >= thr (ties: the last one, as pycocotools). Returns (len(order),) TP flags."""
-    t = min(thr, 1 - 1e-10)
-    matched = np.zeros(iou.shape[1], dtype=bool)
-    tp = np.zeros(len(order), dtype=bool)
-    for k, d in enumerate(order):
-        cand = np.where(~matched & (iou[d] >= t), iou[d], -1.0)
-        if cand.max(initial=-1.0) < 0:
-            continue
-        g = len(cand) - 1 - int(np.argmax(cand[::-1]))
-        matched[g] = True
-        tp[k] = True
-    return tp
+class _GivenIoUEval(COCOeval):
+    """COCOeval on IoUs computed beforehand: ``ious[i]`` (P_i, G_i) between image i's detections and GT objects
+    (each annotation carries its row / column), e.g. with an ignore region, which COCOeval's own IoU lacks."""
+
+    def __init__(self, gt: COCO, dt: COCO, ious: list[np.ndarray]):
+        super().__init__(gt, dt, iouType="bbox")  # the IoU type only names what computeIoU would read
+        self._given = ious
+
+    def computeIoU(self, imgId, catId):  # COCOeval's hook, named as it calls it
+        # the image's detections of this category by score, cut at maxDets, as COCOeval orders them
+        gt, dt = self._gts[imgId, catId], self._dts[imgId, catId]
+        dt = [dt[i] for i in np.argsort([-d["score"] for d in dt], kind="mergesort")][:self.params.maxDets[-1]]
+        return self._given[imgId][np.ix_([d["row"] for d in dt], [g["col"] for g in gt])]
+
+
+def _coco(images: int, categories: int, anns: list[dict]) -> COCO:
+    coco = COCO()
+    coco.dataset = {"images": [{"id": i} for i in range(images)],
+                    "categories": [{"id": k} for k in range(categories)], "annotations": anns}
+    coco.createIndex()
+    return coco
 
 
 def coco_ap_per_threshold(ious: Sequence[np.ndarray], scores: Sequence[np.ndarray],
                           pred_classes: Sequence[np.ndarray], gt_classes: Sequence[np.ndarray],
                           thresholds: np.ndarray = COCO_IOU_THRESHOLDS, max_dets: int = 100) -> np.ndarray:
-    """(T,) COCO-style AP (pycocotools ``COCOeval`` semantics, area range "all", no crowd): per image and
-    category, detections sorted by score (stable) and cut at ``max_dets``, each matched to the unmatched GT of
-    highest IoU >= thr; per category all detections ranked by score, precision made monotone, sampled at 101
+    """(T,) COCO-style AP, by pycocotools' ``COCOeval`` (area range "all", no crowd) on the given IoUs: per image
+    and category, detections sorted by score (stable) and cut at ``max_dets``, each matched to the unmatched GT
+    of highest IoU >= thr; per category all detections ranked by score, precision made monotone, sampled at 101
     recall points; averaged over categories that have GT. NaN when there is no GT at all."""
     imgs = _check_images(ious, pred_classes, gt_classes)
     if len(scores) != len(imgs):
@@ -225,38 +243,28 @@ def coco_ap_per_threshold(ious: Sequence[np.ndarray], scores: Sequence[np.ndarra
         if len(s) != len(pc):
             raise ValueError(f"scores: image {i} has {len(s)} scores for {len(pc)} predictions")
     cats = np.unique(np.concatenate([gc for _, _, gc in imgs])) if imgs else np.zeros(0)
-    out = np.full(len(thresholds), np.nan)
     if cats.size == 0:
-        return out
-    per_t = np.zeros((len(thresholds), len(cats)))
-    for ci, c in enumerate(cats):
-        n_gt = 0
-        det_scores: list[np.ndarray] = []
-        det_tp: list[list[np.ndarray]] = [[] for _ in thresholds]
-        for (m, pc, gc), s in zip(imgs, scs):
-            dsel, gsel = np.flatnonzero(pc == c), np.flatnonzero(gc == c)
-            n_gt += len(gsel)
-            if not len(dsel):
-                continue
-            sub, ss = m[np.ix_(dsel, gsel)], s[dsel]
-            order = np.argsort(-ss, kind="mergesort")[:max_dets]
-            det_scores.append(ss[order])
-            for ti, thr in enumerate(thresholds):
-                det_tp[ti].append(_coco_image_matches(sub, order, float(thr)))
-        if not det_scores:
-            continue  # GT but no detection: AP 0
-        allsc = np.concatenate(det_scores)
-        rank = np.argsort(-allsc, kind="mergesort")
-        for ti in range(len(thresholds)):
-            tps = np.concatenate(det_tp[ti])[rank]
-            tp_sum, fp_sum = np.cumsum(tps), np.cumsum(~tps)
-            rc = tp_sum / n_gt
-            pr = tp_sum / (fp_sum + tp_sum + np.spacing(1))
-            pr = np.maximum.accumulate(pr[::-1])[::-1]
-            idx = np.searchsorted(rc, COCO_RECALL_POINTS, side="left")
-            q = np.where(idx < len(pr), pr[np.minimum(idx, len(pr) - 1)], 0.0)
-            per_t[ti, ci] = q.mean()
-    return per_t.mean(axis=1)
+        return np.full(len(thresholds), np.nan)
+    cat_of = {c: k for k, c in enumerate(cats.tolist())}  # COCO category k; detections of other classes dropped
+    gts, dts = [], []
+    for i, ((_, pc, gc), s) in enumerate(zip(imgs, scs)):
+        gts += [{"image_id": i, "category_id": cat_of[c], "col": j, "iscrowd": 0} for j, c in enumerate(gc.tolist())]
+        dts += [{"image_id": i, "category_id": cat_of[c], "row": j, "score": float(s[j])}
+                for j, c in enumerate(pc.tolist()) if c in cat_of]
+    for anns in (gts, dts):
+        for k, a in enumerate(anns, start=1):
+            a.update(id=k, area=0)  # ids from 1: COCOeval reads a match with id 0 as none; area 0 is in range
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
+        ev = _GivenIoUEval(_coco(len(imgs), len(cats), gts), _coco(len(imgs), len(cats), dts),
+                           [m for m, _, _ in imgs])
+        p = ev.params
+        p.iouThrs, p.recThrs = np.asarray(thresholds, dtype=np.float64), COCO_RECALL_POINTS
+        p.maxDets, p.areaRng, p.areaRngLbl = [max_dets], [[0, np.inf]], ["all"]
+        ev.evaluate()
+        ev.accumulate()
+    # (T, R, K) -> mean over the recall points, then over the categories (all have GT, so none is -1)
+    prec = np.ascontiguousarray(ev.eval["precision"][:, :, :, 0, 0].transpose(0, 2, 1))
+    return prec.mean(axis=2).mean(axis=1)
 
 
 def coco_ap(ious: Sequence[np.ndarray], scores: Sequence[np.ndarray], pred_classes: Sequence[np.ndarray],

@@ -133,13 +133,28 @@ class SimulatedStep(nn.Module):
 # ------------------------------------------------------------------ helpers
 
 
-def lr_at(progress: float, step: int, cfg: TrainConfig) -> float:
-    """Linear warm-up over ``warmup_steps`` then cosine from lr to lr * min_lr_ratio over ``progress`` in [0,1]."""
+def lr_factor(progress: float, step: int, cfg: TrainConfig) -> float:
+    """The learning rate over ``cfg.lr`` at ``step``: linear warm-up over ``warmup_steps``, then cosine from 1 to
+    ``min_lr_ratio`` over ``progress`` in [0, 1]."""
     if cfg.warmup_steps > 0 and step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
+        return (step + 1) / cfg.warmup_steps
     p = min(1.0, max(0.0, progress))
-    lo = cfg.lr * cfg.min_lr_ratio
-    return lo + 0.5 * (cfg.lr - lo) * (1 + math.cos(math.pi * p))
+    return cfg.min_lr_ratio + 0.5 * (1 - cfg.min_lr_ratio) * (1 + math.cos(math.pi * p))
+
+
+def lr_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, start_step: int,
+                 progress: Callable[[], float]) -> torch.optim.lr_scheduler.LambdaLR:
+    """The schedule as a LambdaLR that has set the lr of ``start_step``; each ``step()`` sets the next step's,
+    ``cfg.lr * lr_factor(progress(), step)``.
+
+    A LambdaLR, not LinearLR + CosineAnnealingLR: with a time budget the cosine follows ``progress()``, the steps
+    done or the wall time spent, whichever is further, and those schedulers count steps only. Its position is the
+    step, so a resumed run restores it from the state's step; its base is ``cfg.lr``, also on resume (as before,
+    a resumed run follows its config)."""
+    for g in opt.param_groups:
+        g["initial_lr"] = cfg.lr
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(progress(), step, cfg),
+                                             last_epoch=start_step - 1)
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -491,6 +506,14 @@ def train(cfg: TrainConfig, progress_callback: ProgressCallback | None = None,
         return res
 
     t_start = time.time() - elapsed_before
+
+    def progress_at(done: int) -> float:
+        """Where the schedule is: the steps done or, with a time budget, the time spent, whichever is further."""
+        p = done / total_steps
+        if cfg.time_budget_min > 0:
+            p = max(p, (time.time() - t_start) / (cfg.time_budget_min * 60))
+        return p
+
     first_val = None
     if start_step == 0:
         first_val = run_val(0, 0.0)
@@ -503,11 +526,11 @@ def train(cfg: TrainConfig, progress_callback: ProgressCallback | None = None,
     it = iter(loader)
     t_win, n_win = time.time(), 0
     stopped = "steps"
+    # progress is measured before each step (at the end of the one before: after its validation and checkpoint)
+    # and read by the stop rule and the scheduler, which sets the step's lr from it
+    progress = progress_at(step)
+    sched = lr_scheduler(opt, cfg, start_step, lambda: progress)
     while step < total_steps:
-        elapsed = time.time() - t_start
-        progress = step / total_steps
-        if cfg.time_budget_min > 0:
-            progress = max(progress, elapsed / (cfg.time_budget_min * 60))
         stop = progress >= 1.0 or bool(should_stop and should_stop())
         if distributed:
             flag = torch.tensor([1.0 if stop else 0.0])
@@ -516,9 +539,7 @@ def train(cfg: TrainConfig, progress_callback: ProgressCallback | None = None,
         if stop:
             stopped = "time budget" if progress >= 1.0 else "stopped"
             break
-        lr = lr_at(progress, step, cfg)
-        for g in opt.param_groups:
-            g["lr"] = lr
+        lr = sched.get_last_lr()[0]
         batch = next(it)
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
             loss, st = runner(batch["image"], batch["masks"], batch["valid"])
@@ -548,6 +569,8 @@ def train(cfg: TrainConfig, progress_callback: ProgressCallback | None = None,
             run_val(step, time.time() - t_start)
         if cfg.ckpt_every > 0 and step % cfg.ckpt_every == 0:
             save(step, time.time() - t_start) if main else gather_rng_if_needed()
+        progress = progress_at(step)
+        sched.step()
     if bar is not None:
         bar.close()
     elapsed = time.time() - t_start

@@ -27,11 +27,53 @@ def test_rle_known_example_and_round_trip():
                 assert np.array_equal(rle_decode(rle), mask)
 
 
+def _rle_fixed_masks() -> list[np.ndarray]:
+    m1 = np.zeros((3, 4), bool)
+    m1[1:, 1:3] = True
+    m2 = np.ones((5, 7), bool)  # starts with foreground: counts [0, ...]
+    m2[2, 3] = False
+    m3 = np.zeros((40, 33), bool)  # long runs: several characters a count
+    m3[5:30, 3:20] = True
+    m3[10:12, 8:9] = False
+    m4 = np.random.default_rng(3).random((9, 11)) < 0.5
+    m8 = np.zeros((64, 48), bool)  # runs that shrink after growing: negative deltas
+    m8[::7, ::5] = True
+    return [m1, m2, m3, m4, np.zeros((1, 1), bool), np.ones((1, 1), bool), np.zeros((6, 2), bool), m8]
+
+
+# What the numpy codec that pycocotools replaced wrote for _rle_fixed_masks (pycocotools' own rleToString format)
+RLE_FIXED = ["42102", "0a010", "m3i0?00000000\\OC==700000000000000000000S`0",
+             "0110010O031O3N11L1ON10O00110OO00023NO021NOO2ON033NMO", "1", "01", "<",
+             "01600000000000000000j70VH" + "00000000000000000j70VH" * 8 + "00000000000000000j3"]
+
+
+def test_rle_codec_matches_fixed_strings():
+    for m, s in zip(_rle_fixed_masks(), RLE_FIXED, strict=True):
+        assert rle_encode(m) == {"size": list(m.shape), "counts": s}
+        for counts in (s, s.encode("ascii"), rle_encode(m, compressed=False)["counts"]):
+            out = rle_decode({"size": list(m.shape), "counts": counts})
+            assert out.dtype == bool and np.array_equal(out, m)
+    assert rle_encode(_rle_fixed_masks()[0], compressed=False)["counts"] == [4, 2, 1, 2, 3]
+    for counts in ("", [], [0]):  # no pixels
+        assert rle_decode({"size": [0, 3], "counts": counts}).shape == (0, 3)
+
+
 def test_rle_rejects_bad_counts():
     with pytest.raises(ValueError, match="sum"):
         rle_decode({"size": [2, 2], "counts": [1, 2]})
     with pytest.raises(ValueError):
         rle_decode({"counts": [4]})
+    # the compressed form: runs short of or past h*w (pycocotools alone would leave the rest of a short mask
+    # unwritten), a count cut in the middle, characters outside '0'..'o'
+    for counts, match in [("13", None), ("1", "less than"), ("", "less than"), ("133", "more than"),
+                          ("0a01", "more than"), ("13P", "compressed form"), ("1\x00", "compressed form"),
+                          ("ab~", "compressed form"), ("1é", "compressed form"), ([-1, 5], "non-negative"),
+                          ([[1, 3]], "flat list")]:
+        if match is None:
+            assert rle_decode({"size": [2, 2], "counts": counts}).tolist() == [[False, True], [True, True]]
+            continue
+        with pytest.raises(ValueError, match=match):
+            rle_decode({"size": [2, 2], "counts": counts})
 
 
 def test_rle_real_coco_crowd_matches_area_and_reencodes(real):

@@ -121,3 +121,62 @@ def test_coco_ap_perfect_and_best_iou_matching():
         M.coco_ap(eye, [np.ones(2)], [np.ones(3)], [np.ones(3)])
     with pytest.raises(ValueError, match="ious: image 0"):
         M.paper_map([np.ones((2, 3))], [np.ones(2)], [np.ones(2)])
+
+
+def test_iou_matrix_exact_on_edge_cases():
+    # pycocotools' RLE IoU gives the very numbers of pixel counting (mask_iou), with or without an ignore region:
+    # empty masks, an all-ignored image, odd sizes, no pixels at all
+    rng = np.random.default_rng(5)
+    for h, w in [(1, 1), (7, 3), (13, 17), (0, 4)]:
+        p, g = rng.random((4, h, w)) < 0.4, rng.random((3, h, w)) < 0.6
+        p[0], g[1] = False, False
+        if h * w:
+            p[1], g[2] = True, p[2]
+        for ig in (None, rng.random((h, w)) < 0.3, np.ones((h, w), bool)):
+            mat = M.iou_matrix(p, g, ig)
+            ref = np.array([[M.mask_iou(a, b, ig) for b in g] for a in p])
+            assert mat.dtype == np.float64 and mat.shape == (4, 3)
+            np.testing.assert_array_equal(mat, ref)
+    assert M.iou_matrix(np.zeros((2, 5, 5)), np.zeros((0, 5, 5))).shape == (2, 0)
+
+
+def _coco_ap_cases():
+    """Per-image IoUs with ties (equal IoUs: COCO takes the last GT; IoUs on a threshold), equal scores within and
+    across images, classes with GT but no detection and the reverse, images with neither, class -1."""
+    rng = np.random.default_rng(21)
+    for n_img, n_cls, max_dets in [(1, 1, 100), (3, 2, 100), (5, 3, 2), (6, 4, 100), (4, 2, 1)]:
+        ious, scores, pcs, gcs = [], [], [], []
+        for i in range(n_img):
+            p, g = int(rng.integers(0, 6)), int(rng.integers(0, 5))
+            m = np.round(rng.random((p, g)), 2)
+            m[m < 0.3] = 0.0
+            if p and g and i % 2:
+                m[0, :] = 0.75
+                m[:, 0] = np.where(rng.random(p) < 0.5, 0.5, m[:, 0])
+            ious.append(m)
+            scores.append(np.round(rng.random(p), 1))
+            pcs.append(rng.integers(-1, n_cls, p))
+            gcs.append(rng.integers(-1, n_cls, g))
+        yield (ious, scores, pcs, gcs), max_dets
+
+
+# What the hand-written COCOeval port (before pycocotools' COCOeval) gave for _coco_ap_cases: (T,) at
+# COCO_IOU_THRESHOLDS and at [0.3, 0.5, 0.75, 1.0]
+COCO_AP_FIXED = [
+    ([0.49999999999999994] * 3 + [0.0] * 7, [0.49999999999999994] * 2 + [0.0] * 2),
+    ([0.37623762376237624] * 6 + [0.0] * 4, [0.37623762376237624] * 3 + [0.0]),
+    ([0.13778877887788776] * 4 + [0.11633663366336632] * 2 + [0.08415841584158414] * 2 + [0.0] * 2,
+     [0.13778877887788776] * 2 + [0.11633663366336632, 0.0]),
+    ([0.13325082508250824] * 3 + [0.10169141914191418] * 3 + [0.09047029702970297] * 3 + [0.01051980198019802],
+     [0.13325082508250824] * 2 + [0.10169141914191418, 0.01051980198019802]),
+    ([0.5016501650165016] + [0.16831683168316827] * 5 + [0.0] * 4,
+     [0.5016501650165016] * 2 + [0.16831683168316827, 0.0]),
+]
+
+
+def test_coco_ap_unchanged_on_fixed_cases():
+    for (args, max_dets), (per_t, custom) in zip(_coco_ap_cases(), COCO_AP_FIXED, strict=True):
+        assert M.coco_ap_per_threshold(*args, max_dets=max_dets).tolist() == per_t
+        assert M.coco_ap(*args, max_dets=max_dets) == float(np.mean(per_t))
+        got = M.coco_ap_per_threshold(*args, thresholds=np.array([0.3, 0.5, 0.75, 1.0]), max_dets=max_dets)
+        assert got.tolist() == custom

@@ -1,7 +1,9 @@
 import csv
+import math
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +13,7 @@ import torch
 from napari_ultratinysam.model.checkpoints import load_model, read_checkpoint
 from napari_ultratinysam.training.config import AugConfig, DatasetSpec, LossConfig, TrainConfig, load_train_config
 from napari_ultratinysam.training.data import augment, holdout_key, load_cached, select_names
-from napari_ultratinysam.training.loop import lr_at, train
+from napari_ultratinysam.training.loop import lr_factor, lr_scheduler, train
 from napari_ultratinysam.training.losses import sam_loss
 
 from .conftest import tiny_overrides
@@ -58,6 +60,12 @@ def test_resume_matches_uninterrupted_run(synthetic_dir, tmp_path):
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
     assert full["last_val"]["val_loss"] == pytest.approx(second["last_val"]["val_loss"], rel=1e-4)
+    # the logged lr (of the step just done: warm-up over 5 steps, then the cosine) is the schedule's, also after
+    # the resume
+    want = [(s, f"{_old_lr((s - 1) / 6, s - 1, part):.3e}") for s in (2, 4, 6)]
+    for run in ("full", "part"):
+        rows = list(csv.DictReader(open(tmp_path / run / "train_log.csv")))
+        assert [(int(r["step"]), r["lr"]) for r in rows] == want, run
 
 
 def test_checkpoint_write_is_atomic(synthetic_dir, tmp_path, monkeypatch):
@@ -240,12 +248,67 @@ def test_train_only_trains_the_named_parameters_and_keeps_the_rest(synthetic_dir
         train(_cfg(synthetic_dir, tmp_path / "bad", steps=1, train_only="[no_such_module]"), log=lambda *_: None)
 
 
+def _old_lr(progress: float, step: int, cfg: TrainConfig) -> float:
+    """The schedule as the loop computed it before torch's LambdaLR: the reference."""
+    if cfg.warmup_steps > 0 and step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    p = min(1.0, max(0.0, progress))
+    lo = cfg.lr * cfg.min_lr_ratio
+    return lo + 0.5 * (cfg.lr - lo) * (1 + math.cos(math.pi * p))
+
+
 def test_lr_schedule():
     cfg = TrainConfig(lr=1.0, min_lr_ratio=0.1, warmup_steps=10)
-    assert lr_at(0.0, 0, cfg) == pytest.approx(0.1)
-    assert lr_at(0.0, 10, cfg) == pytest.approx(1.0)
-    assert lr_at(0.5, 50, cfg) == pytest.approx(0.55)
-    assert lr_at(1.0, 100, cfg) == pytest.approx(0.1)
+    assert lr_factor(0.0, 0, cfg) == pytest.approx(0.1)
+    assert lr_factor(0.0, 10, cfg) == pytest.approx(1.0)
+    assert lr_factor(0.5, 50, cfg) == pytest.approx(0.55)
+    assert lr_factor(1.0, 100, cfg) == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("lr, warmup, ratio, budget", [(2e-3, 5, 0.1, False), (3e-4, 0, 0.0, False),
+                                                       (1e-3, 100, 0.05, False), (5e-4, 3, 1.0, False),
+                                                       (2e-3, 4, 0.1, True), (3e-4, 0, 0.01, True)])
+def test_lr_scheduler_gives_the_old_sequence(lr, warmup, ratio, budget):
+    # the loop's order: lr of step s set, optimiser step, progress measured, scheduler step; with a time budget
+    # the progress runs ahead of the steps (here: a fixed fake clock), and the cosine follows it
+    cfg = TrainConfig(lr=lr, warmup_steps=warmup, min_lr_ratio=ratio)
+    total = 30
+
+    def progress_of(step):
+        return max(step / total, (0.3 + 0.04 * step) if budget else 0.0)
+
+    def run(start, stop, opt):
+        progress = progress_of(start)
+        sched = lr_scheduler(opt, cfg, start, lambda: progress)
+        got = []
+        for step in range(start, stop):
+            got.append([g["lr"] for g in opt.param_groups])
+            assert sched.get_last_lr() == got[-1]
+            opt.step()
+            progress = progress_of(step + 1)
+            sched.step()
+        return got
+
+    w = torch.nn.Parameter(torch.zeros(3))
+    opt = torch.optim.AdamW([{"params": [w]}, {"params": [], "weight_decay": 0.0}], lr=lr)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "scheduler.step() before optimizer.step()"
+        got = run(0, total, opt)
+    want = [_old_lr(progress_of(s), s, cfg) for s in range(total)]
+    # the same numbers up to double rounding (lr * factor, where the formula scaled in another order)
+    assert [g[0] for g in got] == pytest.approx(want, rel=1e-12, abs=0)
+    assert all(g[0] == g[1] for g in got)
+    # resumed at step 12 with the saved optimiser state: the same sequence from there, and with another lr in the
+    # config the schedule follows the config, as before
+    for new_lr in (lr, 2 * lr):
+        w2 = torch.nn.Parameter(torch.zeros(3))
+        opt2 = torch.optim.AdamW([{"params": [w2]}, {"params": [], "weight_decay": 0.0}], lr=new_lr)
+        opt2.load_state_dict(opt.state_dict())
+        cfg.lr = new_lr
+        resumed = run(12, total, opt2)
+        assert [g[0] for g in resumed] == pytest.approx([_old_lr(progress_of(s), s, cfg) for s in range(12, total)],
+                                                        rel=1e-12, abs=0)
+        cfg.lr = lr
 
 
 @pytest.mark.slow

@@ -1,14 +1,15 @@
 """SA-1B style: ``NAME.jpg`` + ``NAME.json`` with ``annotations[*].segmentation`` as COCO RLE {size, counts}.
 
-Also home of the numpy COCO RLE codec (uncompressed list counts and the compressed string form), shared with
-the COCO reader. No pycocotools.
+Also home of the COCO RLE helpers shared with the COCO reader: pycocotools' codec plus the checks it lacks.
 """
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
+from pycocotools import mask as mask_utils
 
 from napari_ultratinysam.data.readers._common import (
     Dataset,
@@ -20,46 +21,28 @@ from napari_ultratinysam.data.readers._common import (
 )
 from napari_ultratinysam.data.types import AnnotatedImage
 
-
-def _string_to_counts(s: str | bytes) -> list[int]:
-    """Decode pycocotools' compressed counts string (6-bit chunks, 5 data bits, delta-coded after the 2nd)."""
-    data = s.encode("ascii") if isinstance(s, str) else bytes(s)
-    counts: list[int] = []
-    p = 0
-    while p < len(data):
-        x, k, more = 0, 0, True
-        while more:
-            if p >= len(data):
-                raise ValueError("truncated RLE string")
-            c = data[p] - 48
-            if not 0 <= c < 64:
-                raise ValueError(f"invalid character {chr(data[p])!r} in RLE string")
-            x |= (c & 0x1F) << (5 * k)
-            more = bool(c & 0x20)
-            p += 1
-            k += 1
-            if not more and (c & 0x10):
-                x |= -1 << (5 * k)
-        if len(counts) > 2:
-            x += counts[-2]
-        counts.append(x)
-    return counts
+# pycocotools' compressed counts: characters '0'..'o' (48..111), bit 0x20 set on every character of a count but
+# its last. Its C parser checks neither and reads past the end of a string cut inside a count, so check first.
+_COMPRESSED = re.compile(rb"(?:[0-o]*[0-O])?")
 
 
-def _counts_to_string(counts: list[int]) -> str:
-    """Inverse of :func:`_string_to_counts` (pycocotools ``rleToString``)."""
-    out = bytearray()
-    for i, c in enumerate(counts):
-        x = int(c) - (int(counts[i - 2]) if i > 2 else 0)
-        more = True
-        while more:
-            ch = x & 0x1F
-            x >>= 5
-            more = not ((ch & 0x10) == 0 and x == 0 or (ch & 0x10) != 0 and x == -1)
-            if more:
-                ch |= 0x20
-            out.append(ch + 48)
-    return out.decode("ascii")
+def _decode_compressed(counts: bytes, h: int, w: int) -> np.ndarray:
+    if not _COMPRESSED.fullmatch(counts):
+        raise ValueError("RLE counts string is not pycocotools' compressed form (characters '0'..'o', the last "
+                         "count complete)")
+    try:
+        mask = mask_utils.decode({"size": [h, w], "counts": counts})
+    except ValueError:  # pycocotools refuses runs past h*w pixels ...
+        raise ValueError(f"RLE counts sum to more than h*w = {h * w}") from None
+    if h * w == 0:
+        return mask.astype(bool)
+    # ... but leaves the pixels after runs that stop short unwritten (uninitialised memory): runs that cover the
+    # h*w pixels exactly overrun one pixel fewer.
+    try:
+        mask_utils.decode({"size": [1, h * w - 1], "counts": counts})
+    except ValueError:
+        return mask.astype(bool)
+    raise ValueError(f"RLE counts sum to less than h*w = {h * w}")
 
 
 def rle_decode(rle: dict) -> np.ndarray:
@@ -69,28 +52,36 @@ def rle_decode(rle: dict) -> np.ndarray:
         counts = rle["counts"]
     except (KeyError, TypeError, ValueError):
         raise ValueError("RLE must be a dict with 'size': [h, w] and 'counts'") from None
-    if isinstance(counts, (str, bytes)):
-        counts = _string_to_counts(counts)
+    if isinstance(counts, str):
+        try:
+            counts = counts.encode("ascii")
+        except UnicodeEncodeError:
+            raise ValueError("RLE counts string is not pycocotools' compressed form (non-ASCII)") from None
+    if isinstance(counts, bytes):
+        return _decode_compressed(counts, h, w)
     runs = np.asarray(counts, dtype=np.int64)
     if runs.ndim != 1 or (runs < 0).any():
         raise ValueError("RLE counts must be a flat list of non-negative integers")
     if int(runs.sum()) != h * w:
         raise ValueError(f"RLE counts sum to {int(runs.sum())}, expected h*w = {h * w}")
-    flat = np.repeat((np.arange(len(runs)) % 2).astype(bool), runs)
-    return flat.reshape(w, h).T
+    if h * w == 0:  # pycocotools writes past its buffer when re-encoding an empty count list
+        return np.zeros((h, w), dtype=bool)
+    return mask_utils.decode(mask_utils.frPyObjects({"size": [h, w], "counts": runs.tolist()}, h, w)).astype(bool)
 
 
 def rle_encode(mask: np.ndarray, compressed: bool = True) -> dict:
     """(h, w) bool mask -> COCO RLE dict; ``compressed`` gives the string form, else a list of counts."""
     m = np.asarray(mask, dtype=bool)
+    if compressed:
+        rle = mask_utils.encode(np.asfortranarray(m, dtype=np.uint8))
+        return {"size": [int(m.shape[0]), int(m.shape[1])], "counts": rle["counts"].decode("ascii")}
+    # the list form, which pycocotools does not write: run lengths of the column-major pixels, 0s first
     flat = m.T.ravel()
     change = np.flatnonzero(np.diff(flat.astype(np.int8))) + 1
-    bounds = np.concatenate([[0], change, [flat.size]])
-    runs = np.diff(bounds).tolist()
+    runs = np.diff(np.concatenate([[0], change, [flat.size]])).tolist()
     if flat.size and flat[0]:
         runs = [0] + runs
-    counts: list[int] | str = _counts_to_string(runs) if compressed else runs
-    return {"size": [int(m.shape[0]), int(m.shape[1])], "counts": counts}
+    return {"size": [int(m.shape[0]), int(m.shape[1])], "counts": runs}
 
 
 def detect(path: Path) -> bool:
