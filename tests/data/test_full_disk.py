@@ -76,6 +76,16 @@ def _images(folder: Path, write_rgb, n: int = 3) -> Path:
     return folder
 
 
+def _annotated_project(tmp_path: Path, write_rgb, n: int, seed: int) -> Path:
+    """A closed project (on the big disk) with one noisy object on each of its n images."""
+    proj = tmp_path / "proj"
+    rng = np.random.default_rng(seed)
+    with Project.create(proj, _images(tmp_path / "imgs", write_rgb, n=n)) as p:
+        for k in range(n):
+            p.commit_object(k, _noisy_mask(rng, k), 1)
+    return proj
+
+
 def test_commits_on_a_full_disk_fail_cleanly_and_keep_every_returned_commit(tmp_path, small_disk, write_rgb):
     disk = small_disk(1024)
     images = _images(tmp_path / "imgs", write_rgb)  # the images stay on the big disk; the project goes on tmpfs
@@ -106,12 +116,7 @@ def test_commits_on_a_full_disk_fail_cleanly_and_keep_every_returned_commit(tmp_
 
 def test_an_export_that_does_not_fit_leaves_the_previous_export_and_no_stage(tmp_path, small_disk, write_rgb):
     disk = small_disk(2048)
-    images = _images(tmp_path / "imgs", write_rgb, n=4)
-    proj = tmp_path / "proj"
-    rng = np.random.default_rng(1)
-    with Project.create(proj, images) as p:
-        for k in range(4):
-            p.commit_object(k, _noisy_mask(rng, k), 1)
+    proj = _annotated_project(tmp_path, write_rgb, n=4, seed=1)
     out = disk / "dataset"
     source = Project.open(proj, read_only=True)
     export_dataset(source, out, ratios=(1, 0, 0))
@@ -129,12 +134,7 @@ def test_an_export_that_does_not_fit_leaves_the_previous_export_and_no_stage(tmp
 
 def test_cli_export_to_a_full_disk_is_one_line(tmp_path, small_disk, write_rgb):
     disk = small_disk(512)
-    images = _images(tmp_path / "imgs", write_rgb, n=3)
-    proj = tmp_path / "proj"
-    rng = np.random.default_rng(2)
-    with Project.create(proj, images) as p:
-        for k in range(3):
-            p.commit_object(k, _noisy_mask(rng, k), 1)
+    proj = _annotated_project(tmp_path, write_rgb, n=3, seed=2)
     _fill(disk)
     r = subprocess.run([sys.executable, "-m", "napari_ultratinysam.cli", "export-dataset", str(proj), "-o",
                         str(disk / "out"), "--quiet"], capture_output=True, text=True, timeout=300)

@@ -25,17 +25,6 @@ def _files(folder: Path) -> dict:
             if p.is_file() and p.name != ".lock"}
 
 
-@pytest.fixture
-def widget(make_napari_viewer, FakePredictor):
-    from napari_ultratinysam.widgets.annotator import AnnotatorWidget
-
-    viewer = make_napari_viewer()
-    w = AnnotatorWidget(viewer, predictor=FakePredictor())
-    viewer.window.add_dock_widget(w, name="UltraTinySAM", area="right")
-    yield w
-    w.cleanup()
-
-
 def _commit_at(qtbot, w, row, col) -> int:
     with qtbot.waitSignal(w.preview_updated, timeout=5000):
         w.add_point(row, col)
@@ -44,8 +33,8 @@ def _commit_at(qtbot, w, row, col) -> int:
     return oid
 
 
-def test_a_project_open_elsewhere_opens_read_only_when_the_user_agrees(widget, qtbot, tmp_path):
-    w = widget
+def test_a_project_open_elsewhere_opens_read_only_when_the_user_agrees(annotator, qtbot, tmp_path):
+    _, w = annotator()
     folder = tmp_path / "proj"
     Project.create(folder, _images(tmp_path / "imgs")).close()
     other = Project.open(folder)  # another window holds it
@@ -70,8 +59,8 @@ def test_a_project_open_elsewhere_opens_read_only_when_the_user_agrees(widget, q
         other.close()
 
 
-def test_moving_to_another_project_or_closing_releases_the_lock(widget, qtbot, tmp_path):
-    w = widget
+def test_moving_to_another_project_or_closing_releases_the_lock(annotator, qtbot, tmp_path):
+    _, w = annotator()
     a, b = tmp_path / "a", tmp_path / "b"
     imgs = _images(tmp_path / "imgs")
     with qtbot.waitSignal(w.embedding_ready, timeout=5000):
