@@ -1,4 +1,9 @@
+import errno
 import os
+import shutil
+import subprocess
+import sys
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -98,3 +103,51 @@ def disc_stack():
     """disc_stack(n=20, h=256, w=256, r=40, present=lambda i: True, seed=0) -> (stack, masks): a moving disc for
     the propagation tests of the predictor and of the annotator."""
     return _disc_stack
+
+
+def _mount_tmpfs(where: Path, size_kb: int) -> bool:
+    if sys.platform != "linux" or not shutil.which("mount") or os.geteuid() != 0:
+        return False
+    where.mkdir(parents=True, exist_ok=True)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kb}k,mode=0755", "tmpfs", str(where)],
+                       capture_output=True, text=True)
+    return r.returncode == 0
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """mount(size_kb) -> a folder on a fresh tmpfs of that size, unmounted after the test."""
+    mounted: list[Path] = []
+
+    def mount(size_kb: int) -> Path:
+        where = tmp_path / f"disk{len(mounted)}"
+        if not _mount_tmpfs(where, size_kb):
+            pytest.skip("cannot mount a tmpfs here (needs Linux and root)")
+        mounted.append(where)
+        return where
+
+    yield mount
+    for where in mounted:
+        subprocess.run(["umount", "-l", str(where)], capture_output=True)
+
+
+def _fill_disk(folder: Path) -> Path:
+    """Fill the file system of ``folder`` to the last byte; returns the filler file (delete it to free space)."""
+    filler = folder / f"filler-{uuid.uuid4().hex}"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        for size in (65536, 4096, 1):  # unbuffered: each write lands or fails whole
+            try:
+                while True:
+                    os.write(fd, b"\0" * size)
+            except OSError as e:
+                assert e.errno == errno.ENOSPC, e
+    finally:
+        os.close(fd)
+    return filler
+
+
+@pytest.fixture(scope="session")
+def fill_disk():
+    """fill_disk(folder) fills the file system of ``folder`` to the last byte; returns the filler file."""
+    return _fill_disk

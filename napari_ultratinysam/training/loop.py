@@ -10,9 +10,9 @@ p_interior_first, else uniform in the mask), sometimes 1..max_extra_clicks extra
 ``correction_rounds`` error-driven clicks, each with the previous low-res logits fed back as mask input. A single
 click is supervised through the 3 multimask outputs (min-loss), everything else through token 0.
 
-Files in OUT: last.safetensors + last_state.pt (resume), best.safetensors (best validation mIoU@1),
-train_log.csv, val_log.csv, config.yaml. last_state.pt holds only tensors and plain data and is read with
-``torch.load(weights_only=True)``: a crafted state file cannot run code on resume.
+Files in OUT: last_state.pt (resume: float32 weights, optimizer, step, random states; training/state.py),
+last.safetensors (the same weights as a checkpoint, fp16 with save_half), best.safetensors (best validation
+mIoU@1), train_log.csv, val_log.csv, config.yaml.
 """
 from __future__ import annotations
 
@@ -38,6 +38,12 @@ from napari_ultratinysam.model.checkpoints import load_model, save_checkpoint
 from napari_ultratinysam.training.config import LossConfig, PromptConfig, TrainConfig
 from napari_ultratinysam.training.data import MixDataset, ValSet, load_cached
 from napari_ultratinysam.training.losses import sam_loss
+from napari_ultratinysam.training.state import (
+    TrainStateError,
+    load_train_state,
+    save_train_state,
+    validate_train_config,
+)
 
 ProgressCallback = Callable[[dict], None]
 
@@ -195,123 +201,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-class TrainStateError(ValueError):
-    """A training state (OUT/last_state.pt) that cannot be resumed from: one line naming the file."""
-
-
-# numeric config keys that may be negative, and those that must be > 0 (every other number: finite and >= 0)
-_MAY_BE_NEGATIVE = {"loss.focal_alpha"}
-_POSITIVE = {"batch_size", "objects_per_image", "lr", "log_every", "data.scale_min", "data.scale_max"}
-_AT_MOST_ONE = {"min_lr_ratio", "loss.focal_alpha"}
-
-
-def _check_numbers(obj, prefix: str = "") -> None:
-    for f in dataclasses.fields(obj):
-        key, v = prefix + f.name, getattr(obj, f.name)
-        if dataclasses.is_dataclass(v):
-            _check_numbers(v, key + ".")
-            continue
-        if isinstance(v, list) and v and all(dataclasses.is_dataclass(x) for x in v):
-            for i, x in enumerate(v):
-                _check_numbers(x, f"{key}[{i}].")
-            continue
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            continue
-        if not math.isfinite(v):
-            raise ValueError(f"train config key {key}: must be a finite number, got {v!r}")
-        if key in _POSITIVE and v <= 0:
-            raise ValueError(f"train config key {key}: must be > 0, got {v!r}")
-        if key not in _MAY_BE_NEGATIVE and v < 0:
-            raise ValueError(f"train config key {key}: must be >= 0, got {v!r}")
-        leaf = f.name
-        if (key in _AT_MOST_ONE or leaf.startswith("p_") or leaf.endswith("_p") or leaf in ("prob_from_gt",
-                                                                                            "holdout")) and v > 1:
-            raise ValueError(f"train config key {key}: must be at most 1, got {v!r}")
-
-
-def validate_train_config(cfg: TrainConfig) -> None:
-    """One ValueError naming the key for a config that cannot train as meant (before any work starts)."""
-    _check_numbers(cfg)
-    if cfg.steps == 0 and cfg.epochs <= 0:
-        raise ValueError("train config key steps: 0 means 'derive from epochs', but epochs is 0; set steps > 0 "
-                         "or epochs > 0")
-    if cfg.data.scale_max < cfg.data.scale_min:
-        raise ValueError(f"train config key data.scale_max: {cfg.data.scale_max} is below data.scale_min "
-                         f"{cfg.data.scale_min}")
-    for i, d in enumerate(list(cfg.datasets) + list(cfg.val_datasets)):
-        if d.holdout >= 1:
-            raise ValueError(f"train config key datasets[{i}].holdout: must be below 1, got {d.holdout}")
-    if not isinstance(cfg.device, str) or not cfg.device.strip():
-        raise ValueError(f"train config key device: expected auto, cpu, cuda or cuda:N, got {cfg.device!r}")
-    if cfg.device != "auto":
-        try:
-            d = torch.device(cfg.device)
-        except (RuntimeError, ValueError, TypeError):
-            raise ValueError(f"train config key device: {cfg.device!r} is not a device; expected auto, cpu, "
-                             "cuda or cuda:N") from None
-        if d.type not in ("cpu", "cuda"):
-            raise ValueError(f"train config key device: {cfg.device!r}: only cpu and cuda are supported")
-        if d.type == "cuda":
-            if not torch.cuda.is_available():
-                raise ValueError(f"train config key device: {cfg.device!r}, but CUDA is not available here "
-                                 "(use device=auto or cpu)")
-            if d.index is not None and d.index >= torch.cuda.device_count():
-                raise ValueError(f"train config key device: {cfg.device!r}, but only {torch.cuda.device_count()} "
-                                 "CUDA device(s) exist")
-    out = Path(cfg.out_dir)
-    if not str(cfg.out_dir).strip():
-        raise ValueError("train config key out_dir: empty")
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"train config key out_dir: {out} is a file, not a folder")
-    p = out
-    while not p.exists() and p != p.parent:
-        p = p.parent
-    if p.exists() and not p.is_dir():
-        raise ValueError(f"train config key out_dir: {out} lies under {p}, which is a file")
-    if cfg.cache_dir and Path(cfg.cache_dir).exists() and not Path(cfg.cache_dir).is_dir():
-        raise ValueError(f"train config key cache_dir: {cfg.cache_dir} is a file, not a folder")
-
-
-def load_train_state(path: Path) -> dict:
-    """Read OUT/last_state.pt without unpickling arbitrary objects; its schema is checked. One TrainStateError
-    naming the file otherwise (a crafted, truncated or foreign file)."""
-    import pickle
-
-    hint = "delete it (with last.safetensors) or set resume=false to start over"
-    try:
-        st = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise TrainStateError(f"training state {path}: refused, it holds Python objects other than tensors and "
-                              f"plain data (not written by utsam train); {hint}") from None
-    except MemoryError:
-        raise
-    except Exception as e:  # torch raises several types for truncated / foreign files
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise TrainStateError(f"training state {path}: cannot be read ({msg}); it may be truncated; "
-                              f"{hint}") from None
-    problems = []
-    if not isinstance(st, dict):
-        problems.append(f"expected a mapping, got {type(st).__name__}")
-    else:
-        if not isinstance(st.get("optimizer"), dict):
-            problems.append("optimizer: missing or not a mapping")
-        if isinstance(st.get("step"), bool) or not isinstance(st.get("step"), int) or st["step"] < 0:
-            problems.append(f"step: expected an integer >= 0, got {st.get('step')!r}")
-        for k in ("elapsed", "best"):
-            v = st.get(k)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-                problems.append(f"{k}: expected a finite number, got {v!r}")
-        rng = st.get("rng")
-        if not isinstance(rng, list) or not rng or not all(isinstance(r, dict) for r in rng):
-            problems.append("rng: expected a non-empty list of generator states")
-        t = st.get("torch_rng")
-        if not isinstance(t, torch.Tensor) or t.dtype != torch.uint8 or t.ndim != 1:
-            problems.append("torch_rng: expected a 1-D uint8 tensor")
-    if problems:
-        raise TrainStateError(f"training state {path}: field {problems[0]}; {hint}")
-    return st
-
-
 def _device(cfg: TrainConfig, local_rank: int) -> torch.device:
     if cfg.device == "auto":
         return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
@@ -431,12 +320,19 @@ def train(cfg: TrainConfig, progress_callback: ProgressCallback | None = None,
     state_path, last_path, best_path = out / "last_state.pt", out / "last.safetensors", out / "best.safetensors"
     if cfg.resume and state_path.is_file() and last_path.is_file():
         st = load_train_state(state_path)  # first: a refused state file stops before anything else is read
-        resumed = load_model(last_path)
-        try:
-            model.load_state_dict(resumed.state_dict())
-        except RuntimeError:
-            raise TrainStateError(f"{last_path}: does not match the configured model ({resumed.cfg.name}); use "
-                                  "another out_dir or resume=false") from None
+        if st.get("model") is not None:  # the float32 weights of the state's own step
+            try:
+                model.load_state_dict(st["model"])
+            except RuntimeError:
+                raise TrainStateError(f"training state {state_path}: its weights do not match the configured "
+                                      "model; use another out_dir or resume=false") from None
+        else:  # a state written before the weights moved into it
+            resumed = load_model(last_path)
+            try:
+                model.load_state_dict(resumed.state_dict())
+            except RuntimeError:
+                raise TrainStateError(f"{last_path}: does not match the configured model ({resumed.cfg.name}); "
+                                      "use another out_dir or resume=false") from None
         try:
             opt.load_state_dict(st["optimizer"])
             start_step, elapsed_before, best = int(st["step"]), float(st["elapsed"]), float(st["best"])
@@ -479,10 +375,9 @@ def train(cfg: TrainConfig, progress_callback: ProgressCallback | None = None,
             gathered = [None] * world
             torch.distributed.all_gather_object(gathered, rng_states[0])
             rng_states = gathered
+        # the state first: it alone decides a resume, so a kill between the two files is harmless
+        save_train_state(state_path, model, opt, step, elapsed, best, rng_states)
         save_checkpoint(model, last_path, extra={"step": step, "elapsed_s": round(elapsed, 1)}, half=cfg.save_half)
-        with atomic_path(state_path) as tmp:
-            torch.save({"optimizer": opt.state_dict(), "step": step, "elapsed": elapsed, "best": best,
-                        "rng": rng_states, "torch_rng": torch.get_rng_state()}, tmp)
 
     def gather_rng_if_needed():
         if distributed and not main:

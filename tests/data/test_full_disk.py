@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import errno
 import json
-import os
-import shutil
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -19,48 +16,6 @@ from napari_ultratinysam.data.project import Project
 from napari_ultratinysam.data.project_meta import PROJECT_JSON
 
 H, W = 160, 200
-
-
-def _mount_tmpfs(where: Path, size_kb: int) -> bool:
-    if sys.platform != "linux" or not shutil.which("mount") or os.geteuid() != 0:
-        return False
-    where.mkdir(parents=True, exist_ok=True)
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kb}k,mode=0755", "tmpfs", str(where)],
-                       capture_output=True, text=True)
-    return r.returncode == 0
-
-
-@pytest.fixture
-def small_disk(tmp_path):
-    """mount(size_kb) -> a folder on a fresh tmpfs of that size, unmounted after the test."""
-    mounted: list[Path] = []
-
-    def mount(size_kb: int) -> Path:
-        where = tmp_path / f"disk{len(mounted)}"
-        if not _mount_tmpfs(where, size_kb):
-            pytest.skip("cannot mount a tmpfs here (needs Linux and root)")
-        mounted.append(where)
-        return where
-
-    yield mount
-    for where in mounted:
-        subprocess.run(["umount", "-l", str(where)], capture_output=True)
-
-
-def _fill(folder: Path) -> Path:
-    """Fill the file system of ``folder`` to the last byte; returns the filler file (delete it to free space)."""
-    filler = folder / f"filler-{uuid.uuid4().hex}"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o644)
-    try:
-        for size in (65536, 4096, 1):  # unbuffered: each write lands or fails whole
-            try:
-                while True:
-                    os.write(fd, b"\0" * size)
-            except OSError as e:
-                assert e.errno == errno.ENOSPC, e
-    finally:
-        os.close(fd)
-    return filler
 
 
 def _noisy_mask(rng, k: int) -> np.ndarray:
@@ -86,7 +41,8 @@ def _annotated_project(tmp_path: Path, write_rgb, n: int, seed: int) -> Path:
     return proj
 
 
-def test_commits_on_a_full_disk_fail_cleanly_and_keep_every_returned_commit(tmp_path, small_disk, write_rgb):
+def test_commits_on_a_full_disk_fail_cleanly_and_keep_every_returned_commit(tmp_path, small_disk, fill_disk,
+                                                                            write_rgb):
     disk = small_disk(1024)
     images = _images(tmp_path / "imgs", write_rgb)  # the images stay on the big disk; the project goes on tmpfs
     folder = disk / "proj"
@@ -95,7 +51,7 @@ def test_commits_on_a_full_disk_fail_cleanly_and_keep_every_returned_commit(tmp_
     with Project.create(folder, images) as p:
         for k in range(3):
             returned[k].append(p.commit_object(k, _noisy_mask(rng, k), 1))
-        _fill(disk)
+        fill_disk(disk)
         failures = 0
         for k in range(6):
             try:
@@ -114,7 +70,8 @@ def test_commits_on_a_full_disk_fail_cleanly_and_keep_every_returned_commit(tmp_
     assert not leftovers, leftovers
 
 
-def test_an_export_that_does_not_fit_leaves_the_previous_export_and_no_stage(tmp_path, small_disk, write_rgb):
+def test_an_export_that_does_not_fit_leaves_the_previous_export_and_no_stage(tmp_path, small_disk, fill_disk,
+                                                                            write_rgb):
     disk = small_disk(2048)
     proj = _annotated_project(tmp_path, write_rgb, n=4, seed=1)
     out = disk / "dataset"
@@ -122,7 +79,7 @@ def test_an_export_that_does_not_fit_leaves_the_previous_export_and_no_stage(tmp
     export_dataset(source, out, ratios=(1, 0, 0))
     before = {str(f.relative_to(out)): f.read_bytes() for f in sorted(out.rglob("*")) if f.is_file()}
     assert "dataset.json" in before
-    filler = _fill(disk)
+    filler = fill_disk(disk)
     with pytest.raises(OSError) as e:
         export_dataset(source, out, ratios=(1, 0, 0), overwrite=True)
     assert e.value.errno == errno.ENOSPC and e.value.filename == str(out)
@@ -132,10 +89,10 @@ def test_an_export_that_does_not_fit_leaves_the_previous_export_and_no_stage(tmp
     assert sorted(f.name for f in disk.iterdir()) == ["dataset"], "a stage folder of the failed export is left"
 
 
-def test_cli_export_to_a_full_disk_is_one_line(tmp_path, small_disk, write_rgb):
+def test_cli_export_to_a_full_disk_is_one_line(tmp_path, small_disk, fill_disk, write_rgb):
     disk = small_disk(512)
     proj = _annotated_project(tmp_path, write_rgb, n=3, seed=2)
-    _fill(disk)
+    fill_disk(disk)
     r = subprocess.run([sys.executable, "-m", "napari_ultratinysam.cli", "export-dataset", str(proj), "-o",
                         str(disk / "out"), "--quiet"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 2, r.stderr

@@ -9,7 +9,8 @@ import torch
 
 from napari_ultratinysam.cli.main import main
 from napari_ultratinysam.training.config import load_train_config
-from napari_ultratinysam.training.loop import TrainStateError, load_train_state, train, validate_train_config
+from napari_ultratinysam.training.loop import train
+from napari_ultratinysam.training.state import TrainStateError, load_train_state, validate_train_config
 
 from .conftest import tiny_overrides
 
