@@ -94,7 +94,7 @@ def main() -> int:
                     help="objects for the paper protocol (default 0 = the whole split, as the paper)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--flip-tta", action="store_true", help="average over the image and its mirror image")
-    ap.add_argument("--no-refine", action="store_true", help="without full-resolution refinement (refine.py)")
+    ap.add_argument("--no-refine", action="store_true", help="without full-resolution refinement (inference/refine.py)")
     ap.add_argument("-o", "--output", default="runs/eval_default")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)

@@ -59,6 +59,6 @@ save_checkpoint(model, "napari_ultratinysam/weights/ultratinysam.safetensors", e
 import os; os.chmod("napari_ultratinysam/weights/ultratinysam.safetensors", 0o644)
 print("wrote napari_ultratinysam/weights/ultratinysam.safetensors from", src, extra)
 PY
-# the learned candidate pick (pick.py) of a single click, fitted on the same training sets (weights unchanged)
+# the learned candidate pick (inference/pick.py) of a single click, fitted on the same training sets (weights unchanged)
 $PY -m napari_ultratinysam.cli fit-pick --checkpoint $OUT -c $CFG --min-area-128 150 --max-images 60 --out $OUT
 chmod 644 $OUT
