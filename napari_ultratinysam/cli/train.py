@@ -22,7 +22,7 @@ def register(subparsers) -> None:
     q = subparsers.add_parser("fit-pick", help="fit the learned choice among a single click's 3 candidates",
                               description="Click every object of the fitting data (centre of mass, interior point "
                                           "and a random pixel), record the 3 candidates' features and real IoUs, "
-                                          "fit the pick (inference/pick.py) and write a checkpoint that carries it. The "
+                                          "fit the pick (inference/pick.py), write a checkpoint that carries it. The "
                                           "fitting data are a training config's datasets (-c, with key=value "
                                           "overrides; its val_datasets are reported) or one --dataset; fit on the "
                                           "data the checkpoint was trained on, never on a test split.")

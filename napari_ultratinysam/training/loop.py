@@ -226,7 +226,7 @@ class _CsvLog:
 def build_training_model(cfg: TrainConfig) -> nn.Module:
     if cfg.init_checkpoint:
         model = load_model(cfg.init_checkpoint)
-        # a learned candidate pick (inference/pick.py) fits the weights it was fitted on: the trained model starts without one
+        # a learned candidate pick (inference/pick.py) fits only the weights it was fitted on: start without one
         # (utsam fit-pick fits a new one)
         model.cfg.candidate_pick = None
         return model
