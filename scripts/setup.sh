@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up everything on a fresh Debian/Ubuntu machine (Python 3.10-3.12): X libraries for napari's tests under
 # Xvfb, a virtual environment in .venv with the package and every extra: training (torch), the IMX500 toolchain,
-# the test tools and napari's PyQt5 binding (a light annotate-only install is `pip install .[pyqt6]`: README);
+# the test tools, OpenVINO and napari's PyQt5 binding (a light annotate-only install is `pip install .[pyqt6]`: README);
 # then .wheelhouse/, the base install's wheels, for the test that installs the built wheel offline.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,7 +18,7 @@ fi
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q -U pip
-.venv/bin/python -m pip install -q -e ".[train,imx500,dev,pyqt5]"
+.venv/bin/python -m pip install -q -e ".[train,imx500,dev,pyqt5,openvino]"
 # A wheelhouse for tests/test_base_install.py: the wheels of the base install's dependencies and of napari's PyQt6
 # binding (the README's `pip install 'napari-ultratinysam[pyqt6]'`), from which that test installs the built wheel
 # into a new virtual environment without the network. Optional: on failure the test skips and set-up goes on.

@@ -1,6 +1,7 @@
 """The optional parts of the install (pyproject extras) and the one line that names the missing one.
 
-The base install annotates, segments, exports datasets and evaluates on onnxruntime / OpenVINO; ``[train]`` adds
+The base install annotates, segments, exports datasets and evaluates on onnxruntime; ``[openvino]`` adds the bf16
+backend for CPUs with AMX / AVX512-BF16, ``[train]`` adds
 torch and timm (training, fine-tuning, fit-pick, the torch backend, ONNX export of new checkpoints), ``[imx500]``
 the MCT / converter toolchain (quantization and IMX500 export), ``[dev]`` the test tools.
 This module is a leaf: it imports nothing from the package.
@@ -22,6 +23,7 @@ EXTRA_OF = {
     "edgemdt_cl": "imx500",
     "edgemdt_tpc": "imx500",
     "pytest": "dev",
+    "openvino": "openvino",
 }
 
 

@@ -92,7 +92,10 @@ def choose_precision(requested: str, caps: dict | None = None, openvino: bool | 
         if not (caps.get("avx512_bf16") or caps.get("amx_bf16")):
             raise ValueError("precision 'bf16': this CPU has no avx512_bf16 or amx_bf16; use 'int8' or 'float'")
         if not openvino:
-            raise ValueError("precision 'bf16' runs on OpenVINO: pip install openvino (or use 'int8' or 'float')")
+            from napari_ultratinysam.core.extras import install_hint
+
+            raise ValueError(f"precision 'bf16' runs on OpenVINO, which is not installed: it comes with the "
+                             f"[openvino] extra ({install_hint('openvino')}); or use 'int8' or 'float'")
         return "bf16"
     if requested == "auto":
         if (caps.get("amx_bf16") or caps.get("avx512_bf16")) and openvino:

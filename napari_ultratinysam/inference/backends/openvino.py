@@ -145,10 +145,9 @@ class OpenVinoBackend:
         background thread (see the module docstring)."""
         if precision not in PRECISIONS:
             raise ValueError(f"OpenVINO precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
-        try:
-            import openvino as ov
-        except ImportError:
-            raise ValueError("the OpenVINO backend needs the openvino package (pip install openvino)") from None
+        from napari_ultratinysam.core.extras import require
+
+        ov = require("openvino", "the OpenVINO backend")
         folder = Path(folder)
         self.cfg, folder_precision = read_onnx_folder(folder)
         if folder_precision != "float":
