@@ -1,5 +1,8 @@
 """Predictor: clicks and boxes in image pixels -> masks at image resolution.
 
+(One module of ~530 lines: prediction, zoom-in and the refinement hook share the embedding cache and the current
+image; what a prediction returns lives in prediction.py.)
+
     p = Predictor.from_default()
     p.set_image(image)                                   # encoder once per image (LRU-cached)
     r = p.predict(points=[[x, y]], labels=[1])           # decoder only
