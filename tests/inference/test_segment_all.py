@@ -5,6 +5,7 @@ from PIL import Image
 
 from napari_ultratinysam.cli.main import main
 from napari_ultratinysam.core.paths import sample_path
+from napari_ultratinysam.core.transforms import geometry_for
 from napari_ultratinysam.inference import segment_all as sa
 from napari_ultratinysam.inference.batched_decoder import batched_decoder
 from napari_ultratinysam.inference.predictor import Predictor
@@ -90,6 +91,46 @@ def test_box_nms_keeps_the_best_of_overlapping_boxes():
     boxes = np.array([[0, 0, 10, 10], [1, 1, 10, 10], [20, 20, 30, 30]], np.float32)
     keep = sa.box_nms(boxes, np.array([0.5, 0.9, 0.1]), 0.7)
     assert list(keep) == [1, 2]
+
+
+def _square_candidates(squares, ranks):
+    """One 64 x 64 view at the model's 128 px (a low-res cell = 2 image px): candidates that are squares of cells
+    (r0, c0, r1, c1), with the given ranks."""
+    geo = geometry_for((64, 64), 128)
+    lowres = np.full((len(squares), 32, 32), -10.0, np.float32)
+    boxes = np.zeros((len(squares), 4), np.float32)
+    for i, (r0, c0, r1, c1) in enumerate(squares):
+        lowres[i, r0:r1, c0:c1] = 10.0
+        boxes[i] = (2 * c0, 2 * r0, 2 * c1, 2 * r1)
+    n = len(squares)
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    cand = sa._Candidates(lowres, np.full(n, 0.9, np.float32), np.full(n, 0.9, np.float32), boxes, areas,
+                          np.zeros(n, np.int64), np.zeros(n, np.int64), np.asarray(ranks, np.float32))
+    return cand, [(0, (0, 0, 64, 64))], [geo]
+
+
+def test_paint_is_best_first_and_drops_variants():
+    """The best proposal keeps all its pixels (a worse small mask inside it is not painted over it); a worse mask
+    that mostly overlaps a better one is dropped; one that overlaps it a little keeps its free part."""
+    cand, views, geos = _square_candidates([(0, 0, 20, 20), (2, 2, 6, 6), (16, 16, 28, 28), (1, 1, 19, 21)],
+                                           [1.0, 0.5, 0.8, 0.9])
+    empty = sa.SegmentAllResult(np.zeros((64, 64), np.uint16), *(np.zeros(0),) * 4)
+    res = sa._paint(cand, views, geos, (64, 64), sa.SegmentAllParams(min_area=4), empty, {})
+    assert len(res) == 2
+    assert (res.labels[:40, :40] == 1).all()  # the best square, whole, first
+    assert (res.labels[40:56, 40:56] == 2).all() and (res.labels[32:40, 32:40] == 1).all()
+    assert (res.labels[56:, :] == 0).all()
+
+
+def test_rank_prefers_the_smaller_mask_and_penalises_token_2_and_cuts():
+    p = sa.SegmentAllParams()
+    stab = np.full(4, 0.8, np.float32)
+    r = sa.candidate_rank(stab, np.array([0.01, 0.5, 0.01, 0.01]), np.array([1, 1, 2, 1]),
+                          np.array([False, False, False, True]), p)
+    assert r[0] > r[1] and r[0] > r[2] and r[0] > r[3]
+    assert r[0] - r[1] == pytest.approx(p.area_weight * np.log(50), rel=1e-5)
+    with pytest.raises(ValueError, match="token_bias"):
+        sa.SegmentAllParams(token_bias=(0.0, 1.0)).check()
 
 
 def test_bad_parameters_name_the_field():
