@@ -125,6 +125,20 @@ def wait_preview(qtbot, widget, timeout=5000):
 
 
 @pytest.fixture
+def commit_at(qtbot):
+    """commit_at(widget, row, col) -> the id of the object committed from a click there (waits for the preview)."""
+
+    def commit(widget, row, col) -> int:
+        with qtbot.waitSignal(widget.preview_updated, timeout=5000):
+            widget.add_point(row, col)
+        oid = widget.commit()
+        assert oid is not None
+        return oid
+
+    return commit
+
+
+@pytest.fixture
 def annotator(make_napari_viewer, qtbot):
     """Factory: (viewer, widget) with an image, the fake predictor and the embedding ready."""
     from napari_ultratinysam.widgets.annotator import AnnotatorWidget

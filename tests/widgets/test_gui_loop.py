@@ -43,14 +43,6 @@ def _widget(make_napari_viewer, FakePredictor, **kw):
     return viewer, w
 
 
-def _commit_at(qtbot, w, row, col) -> int:
-    with qtbot.waitSignal(w.preview_updated, timeout=5000):
-        w.add_point(row, col)
-    oid = w.commit()
-    assert oid is not None
-    return oid
-
-
 def _go(qtbot, w, i):
     with qtbot.waitSignal(w.embedding_ready, timeout=5000):
         w.go_to_image(i)
@@ -59,7 +51,7 @@ def _go(qtbot, w, i):
 # ------------------------------------------------------------------------------------------- 1. export dataset
 
 
-def test_export_dataset_from_the_project_section(make_napari_viewer, qtbot, tmp_path, FakePredictor):
+def test_export_dataset_from_the_project_section(make_napari_viewer, qtbot, tmp_path, FakePredictor, commit_at):
     """Project > Export dataset: after a class was added (the void index used to collide with it), the dialog
     exports off the GUI thread, its bar ends full, the folder is shown, the Fine-tune panel's dataset is set."""
     from napari_ultratinysam import read_dataset
@@ -76,10 +68,10 @@ def test_export_dataset_from_the_project_section(make_napari_viewer, qtbot, tmp_
         assert w.export_dataset_btn.isEnabled()
         dog = w.add_class("dog")
         w.class_list.setCurrentRow(0)
-        _commit_at(qtbot, w, 30, 40)
+        commit_at(w, 30, 40)
         _go(qtbot, w, 1)
         w.class_list.setCurrentRow(dog)
-        _commit_at(qtbot, w, 20, 20)
+        commit_at(w, 20, 20)
 
         d = w.open_export_dialog()
         assert d.isVisible() and d.out_edit.text() == str(tmp_path / "proj_dataset")
@@ -106,14 +98,14 @@ def test_export_dataset_from_the_project_section(make_napari_viewer, qtbot, tmp_
 
 
 @pytest.mark.parametrize("fmt", ["coco", "yolo"])
-def test_export_dataset_other_formats(make_napari_viewer, qtbot, tmp_path, FakePredictor, fmt):
+def test_export_dataset_other_formats(make_napari_viewer, qtbot, tmp_path, FakePredictor, fmt, commit_at):
     if fmt not in dataset_export_formats():
         pytest.skip(f"the dataset export does not offer {fmt} yet")
     viewer, w = _widget(make_napari_viewer, FakePredictor)
     try:
         with qtbot.waitSignal(w.embedding_ready, timeout=5000):
             assert w.new_project(tmp_path / "proj", _images(tmp_path / "imgs", [(64, 80)]))
-        _commit_at(qtbot, w, 30, 40)
+        commit_at(w, 30, 40)
         d = w.open_export_dialog()
         d.format_combo.setCurrentIndex(d.format_combo.findData(fmt))
         out = tmp_path / fmt
@@ -136,7 +128,7 @@ def test_export_dataset_other_formats(make_napari_viewer, qtbot, tmp_path, FakeP
         w.cleanup()
 
 
-def test_export_dialog_bad_form_is_one_line(make_napari_viewer, qtbot, tmp_path, FakePredictor):
+def test_export_dialog_bad_form_is_one_line(make_napari_viewer, qtbot, tmp_path, FakePredictor, commit_at):
     viewer, w = _widget(make_napari_viewer, FakePredictor)
     try:
         with qtbot.waitSignal(w.embedding_ready, timeout=5000):
@@ -153,7 +145,7 @@ def test_export_dialog_bad_form_is_one_line(make_napari_viewer, qtbot, tmp_path,
         (tmp_path / "busy" / "notes.txt").write_text("mine")
         d.out_edit.setText(str(tmp_path / "busy"))
         d.ratios_edit.setText("0.8,0.1,0.1")
-        _commit_at(qtbot, w, 30, 40)
+        commit_at(w, 30, 40)
         with qtbot.waitSignal(d.failed, timeout=30000) as sig:
             assert d.start()
         assert "busy" in sig.args[0] and "\n" not in sig.args[0]
@@ -175,7 +167,8 @@ def test_dataset_export_request_checks_the_form():
 # ------------------------------------------------------------------------- 2. one annotations layer per project
 
 
-def test_one_annotations_layer_per_project_of_mixed_sizes(make_napari_viewer, qtbot, tmp_path, FakePredictor):
+def test_one_annotations_layer_per_project_of_mixed_sizes(make_napari_viewer, qtbot, tmp_path, FakePredictor,
+                                                         commit_at):
     from napari.layers import Labels
 
     shapes = [(64, 80), (50, 70), (90, 40)]
@@ -195,11 +188,11 @@ def test_one_annotations_layer_per_project_of_mixed_sizes(make_napari_viewer, qt
                 assert [l.name for l in viewer.layers].count(name) == 1
             assert len(viewer.layers) == 5
             if i == 1 and oid is None:
-                oid = _commit_at(qtbot, w, 25, 35)
+                oid = commit_at(w, 25, 35)
             # each image shows its own objects only
             assert (layer.data == oid).any() == (i == 1 and oid is not None)
         # clicks still land on the right image after all the switching
-        _commit_at(qtbot, w, 10, 10)
+        commit_at(w, 10, 10)
         w.flush_autosave()
         assert int(layer.data.max()) == 2 and w.model.object_class.keys() == {1, 2}
     finally:
@@ -334,7 +327,7 @@ def test_finetune_progress_step():
 # --------------------------------------------------------------------------------------- 5. default classes
 
 
-def test_default_class_is_object_and_camvid_a_preset(make_napari_viewer, qtbot, tmp_path, FakePredictor):
+def test_default_class_is_object_and_camvid_a_preset(make_napari_viewer, qtbot, tmp_path, FakePredictor, commit_at):
 
     viewer, w = _widget(make_napari_viewer, FakePredictor)
     try:
@@ -348,7 +341,7 @@ def test_default_class_is_object_and_camvid_a_preset(make_napari_viewer, qtbot, 
         w.preset_btn.click()
         assert w.class_list.count() == 11 and w.project.classes == [c.name for c in CAMVID_CLASSES]
         w.class_list.setCurrentRow(CAR)
-        _commit_at(qtbot, w, 30, 40)
+        commit_at(w, 30, 40)
         # back to "object" is refused while a Car exists; nothing changes
         assert not w.apply_class_preset("object")
         assert "still used" in w.status_label.text() and w.class_list.count() == 11
@@ -358,7 +351,7 @@ def test_default_class_is_object_and_camvid_a_preset(make_napari_viewer, qtbot, 
         w.cleanup()
 
 
-def test_project_without_classes_starts_with_object(make_napari_viewer, qtbot, tmp_path, FakePredictor):
+def test_project_without_classes_starts_with_object(make_napari_viewer, qtbot, tmp_path, FakePredictor, commit_at):
     from napari_ultratinysam.data.project import Project
 
     proj = Project.create(tmp_path / "proj", _images(tmp_path / "imgs", [(64, 80)]), classes=[])
@@ -370,7 +363,7 @@ def test_project_without_classes_starts_with_object(make_napari_viewer, qtbot, t
             assert w.open_project(tmp_path / "proj")
         assert [w.class_list.item(i).text() for i in range(w.class_list.count())] == ["object"]
         assert w.class_list.currentRow() == 0 and w.project.classes == ["object"]
-        oid = _commit_at(qtbot, w, 30, 40)
+        oid = commit_at(w, 30, 40)
         assert w.model.class_name(oid) == "object"
     finally:
         w.cleanup()

@@ -25,15 +25,7 @@ def _files(folder: Path) -> dict:
             if p.is_file() and p.name != ".lock"}
 
 
-def _commit_at(qtbot, w, row, col) -> int:
-    with qtbot.waitSignal(w.preview_updated, timeout=5000):
-        w.add_point(row, col)
-    oid = w.commit()
-    assert oid is not None
-    return oid
-
-
-def test_a_project_open_elsewhere_opens_read_only_when_the_user_agrees(annotator, qtbot, tmp_path):
+def test_a_project_open_elsewhere_opens_read_only_when_the_user_agrees(annotator, commit_at, qtbot, tmp_path):
     _, w = annotator()
     folder = tmp_path / "proj"
     Project.create(folder, _images(tmp_path / "imgs")).close()
@@ -50,7 +42,7 @@ def test_a_project_open_elsewhere_opens_read_only_when_the_user_agrees(annotator
         with qtbot.waitSignal(w.embedding_ready, timeout=5000):
             assert w.open_project(folder)
         assert w.project.read_only and "read-only" in w.project_label.text()
-        _commit_at(qtbot, w, 24, 30)  # annotating works, nothing is written
+        commit_at(w, 24, 30)  # annotating works, nothing is written
         w.flush_autosave()
         qtbot.wait(200)
         assert _files(folder) == before
@@ -59,13 +51,13 @@ def test_a_project_open_elsewhere_opens_read_only_when_the_user_agrees(annotator
         other.close()
 
 
-def test_moving_to_another_project_or_closing_releases_the_lock(annotator, qtbot, tmp_path):
+def test_moving_to_another_project_or_closing_releases_the_lock(annotator, commit_at, qtbot, tmp_path):
     _, w = annotator()
     a, b = tmp_path / "a", tmp_path / "b"
     imgs = _images(tmp_path / "imgs")
     with qtbot.waitSignal(w.embedding_ready, timeout=5000):
         assert w.new_project(a, imgs)
-    _commit_at(qtbot, w, 24, 30)
+    commit_at(w, 24, 30)
     w.flush_autosave()
     with pytest.raises(ProjectLockedError):
         Project.open(a)  # held by the annotator
