@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 
 torch.set_num_threads(1)
 
@@ -82,8 +83,6 @@ def _disc_stack(n=20, h=256, w=256, r=40, present=lambda i: True, seed=0):
     radius, so the start slice's box alone cannot find the end slices."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[:h, :w]
-    from scipy import ndimage
-
     bg = ndimage.gaussian_filter(rng.normal(0, 1, (h, w)), 8)
     bg = (bg - bg.min()) / np.ptp(bg) * 60 + 40
     stack = np.zeros((n, h, w, 3), np.uint8)

@@ -106,12 +106,20 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None, durable: boo
     except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
-        if isinstance(e, OSError) and e.filename is None and e.errno is not None:
-            # writers (PIL, torch) raise e.g. ENOSPC without a file name: name the file being written
-            raise OSError(e.errno, e.strerror, str(path)) from e
+        named = naming(e, path)
+        if named is not None:
+            raise named from e
         raise
     if durable:
         fsync_dir(path.parent)
+
+
+def naming(e: BaseException, path: str | os.PathLike) -> OSError | None:
+    """An OSError like ``e`` that names ``path``, when ``e`` is one that names no file (writers such as PIL or torch
+    raise e.g. ENOSPC without a file name, and the one-line error must say where); else None."""
+    if isinstance(e, OSError) and e.filename is None and e.errno is not None:
+        return OSError(e.errno, e.strerror, str(path))
+    return None
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes, durable: bool = True) -> None:

@@ -21,7 +21,7 @@ import shutil
 from pathlib import Path
 from typing import Iterator
 
-from napari_ultratinysam.core.io import fsync_dir, umask
+from napari_ultratinysam.core.io import fsync_dir, naming, umask
 
 try:
     import fcntl
@@ -224,13 +224,11 @@ def staged_dir(final: str | Path, keep_existing: bool = True) -> Iterator[Path]:
         yield stage
         _fsync_tree(stage)
         _swap_into_place(stage, final)
-    except OSError as e:
+    except BaseException as e:
         shutil.rmtree(stage, ignore_errors=True)
-        if e.filename is None:  # e.g. ENOSPC from a write: name the folder, so the one-line error says where
-            raise OSError(e.errno, e.strerror, str(final)) from e
-        raise
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
+        named = naming(e, final)  # e.g. ENOSPC from a write: the one-line error names the export
+        if named is not None:
+            raise named from e
         raise
     finally:
         _unlock(fd)

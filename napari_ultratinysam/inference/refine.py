@@ -245,10 +245,10 @@ def click_depth(mask: np.ndarray, x: int, y: int) -> int:
     h, w = mask.shape
     r = 1
     while True:
-        win = mask[max(0, y - r):y + r + 1, max(0, x - r):x + r + 1]
-        if (win != inside).any():
-            ys, xs = np.nonzero(win != inside)
-            return int(np.max(np.abs(np.stack([ys + max(0, y - r) - y, xs + max(0, x - r) - x])), axis=0).min())
+        top, left = max(0, y - r), max(0, x - r)
+        ys, xs = np.nonzero(mask[top:y + r + 1, left:x + r + 1] != inside)
+        if len(ys):
+            return int(np.maximum(np.abs(ys + top - y), np.abs(xs + left - x)).min())
         if r > max(h, w):
             return h + w
         r *= 2
