@@ -61,6 +61,8 @@ class LossConfig:
                                            # (the paper's protocol picks among them for every prompt)
     iou_rank: float = 0.0                 # weight of a pairwise ranking term on the IoU head among the candidates
                                            # of one prompt (trains the pick by predicted IoU); 0 = off
+    first_round: float = 1.0              # weight of the first prompt's loss against each correction round's: with
+                                           # many rounds the first click otherwise gets a small share of the loss
 
 
 @dataclass

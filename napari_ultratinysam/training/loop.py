@@ -108,8 +108,9 @@ class SimulatedStep(nn.Module):
         for r in range(rounds + 1):
             logits, iou, obj = m.decode(feats, coords, lab, mask_input)
             out = sam_loss(logits, iou, obj, gt, val, self.lcfg, multimask)
-            total = total + out["total"]
-            steps += 1
+            w = self.lcfg.first_round if r == 0 else 1.0
+            total = total + w * out["total"]
+            steps += w
             if r == 0:
                 stats = {f"first_{key}": float(out[key]) for key in ("focal", "dice", "iou", "obj")}
                 stats["first_total"] = float(out["total"].detach())

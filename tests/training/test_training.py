@@ -221,6 +221,35 @@ def test_losses_iou_rank_trains_the_pick_among_the_candidates():
     assert iou(w["up_best"] > 0) > 0.95 and iou(w["up"] > 0) < 0.8  # "half" loses a quarter
 
 
+def test_loss_first_round_weights_the_first_prompt(monkeypatch):
+    """loss.first_round: the step's loss is the weighted mean of the rounds' losses, the first prompt weighted."""
+    from napari_ultratinysam.model.build import build_model
+    from napari_ultratinysam.training import loop as loop_mod
+    from napari_ultratinysam.training.config import PromptConfig
+
+    seen = []
+
+    def recording(*a, **kw):
+        out = sam_loss(*a, **kw)
+        seen.append(float(out["total"].detach()))
+        return out
+
+    monkeypatch.setattr(loop_mod, "sam_loss", recording)
+    torch.manual_seed(0)
+    images = torch.randint(0, 255, (1, 128, 128, 3), dtype=torch.uint8)
+    masks = torch.zeros(1, 1, 128, 128, dtype=torch.bool)
+    masks[0, 0, 30:90, 40:100] = True
+    valid = torch.ones(1, 128, 128, dtype=torch.bool)
+    pc = PromptConfig(p_box=0.0, p_extra_clicks=0.0, correction_rounds=2)
+    for w in (1.0, 4.0):
+        seen.clear()
+        step = loop_mod.SimulatedStep(build_model("tiny_test"), pc, LossConfig(first_round=w))
+        loss, _ = step(images, masks, valid)
+        assert len(seen) == 3
+        assert float(loss) == pytest.approx((w * seen[0] + seen[1] + seen[2]) / (w + 2), rel=1e-5)
+    assert seen[0] != pytest.approx(seen[2])   # the rounds differ, so the weight changes the mean
+
+
 def test_prompts_feedback_is_checked_and_runs(synthetic_dir, tmp_path):
     with pytest.raises(ValueError, match="prompts.feedback: must be predicted or best"):
         train(_cfg(synthetic_dir, tmp_path / "bad", steps=1, **{"prompts.feedback": "oracle"}), log=lambda *_: None)
