@@ -11,9 +11,11 @@ Everything here is numpy: the inference path (onnxruntime / OpenVINO) runs witho
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import sparse
 
 PIXEL_MEAN = (0.485, 0.456, 0.406)
 PIXEL_STD = (0.229, 0.224, 0.225)
@@ -22,6 +24,7 @@ PIXEL_STD = (0.229, 0.224, 0.225)
 # need several times its own size in memory to make a 128-pixel model input; the resize never makes one).
 LARGE_IMAGE_VALUES = 1 << 26
 _CHUNK_VALUES = 1 << 22  # values per block of the blockwise conversion
+_STRIP_VALUES = 1 << 19  # input values per strip of the resize's vertical pass
 
 
 @dataclass(frozen=True)
@@ -113,10 +116,10 @@ def _scale_to_uint8(a: np.ndarray, name: str) -> np.ndarray:
     return out
 
 
-def _aa_weights(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _aa_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """torch's antialiased bilinear taps along one axis (``F.interpolate(mode="bilinear", align_corners=False,
-    antialias=True)``, PIL's triangle filter, widened to the scale when shrinking) -> (dense (n_out, n_in) float32
-    weights, first tap, end of the taps) per output pixel."""
+    antialias=True)``, PIL's triangle filter, widened to the scale when shrinking) -> (rows, cols, weights) of the
+    (n_out, n_in) weight matrix's non-zero entries."""
     scale = n_in / n_out
     support = scale if scale >= 1.0 else 1.0
     invscale = 1.0 / scale if scale >= 1.0 else 1.0
@@ -129,34 +132,82 @@ def _aa_weights(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarr
     w[j[None, :] >= xsize[:, None]] = 0.0
     total = w.sum(axis=1, keepdims=True)
     w = np.divide(w, total, out=np.zeros_like(w), where=total != 0)
-    dense = np.zeros((n_out, n_in), np.float32)
     rows = np.repeat(np.arange(n_out), k)
     cols = (xmin[:, None] + j).reshape(-1)
-    keep = cols < n_in
-    dense[rows[keep], cols[keep]] = w.reshape(-1)[keep]
-    return dense, xmin, xmin + xsize
+    keep = (cols < n_in) & (w.reshape(-1) != 0)
+    return rows[keep], cols[keep], w.reshape(-1)[keep].astype(np.float32)
 
 
-_BAND = 16  # output pixels per matrix product: the weights are a band, so only its input columns are multiplied
+@functools.lru_cache(maxsize=16)
+def _aa_matrix(n_in: int, n_out: int) -> sparse.csr_matrix:
+    """The (n_out, n_in) resampling matrix of :func:`_aa_taps`, sparse. Cached: the slices of a stack, the images
+    of a folder have one size."""
+    r, c, w = _aa_taps(n_in, n_out)
+    return sparse.csr_matrix((w, (r, c)), shape=(n_out, n_in), dtype=np.float32)
 
 
-def _resample_rows(x: np.ndarray, n_out: int) -> np.ndarray:
-    """(M, n_in) -> (M, n_out) float32, resampling each row with :func:`_aa_weights` (banded matrix products)."""
-    dense, lo, hi = _aa_weights(x.shape[1], n_out)
-    out = np.empty((x.shape[0], n_out), np.float32)
+_BAND = 16  # output pixels per dense product of the horizontal pass: only the band's input columns are multiplied
+
+
+@functools.lru_cache(maxsize=16)
+def _aa_bands(n_in: int, n_out: int) -> tuple:
+    """:func:`_aa_matrix` as dense (input columns, outputs) blocks of ``_BAND`` outputs: ((j0, j1, a, b, weights
+    (b - a, j1 - j0)), ...)."""
+    m = _aa_matrix(n_in, n_out).toarray()
+    out = []
     for j0 in range(0, n_out, _BAND):
         j1 = min(n_out, j0 + _BAND)
-        a, b = int(lo[j0:j1].min()), int(hi[j0:j1].max())
-        np.matmul(x[:, a:b], dense[j0:j1, a:b].T, out=out[:, j0:j1])
+        cols = np.flatnonzero(m[j0:j1].any(axis=0))
+        a, b = (int(cols[0]), int(cols[-1]) + 1) if cols.size else (0, 1)
+        out.append((j0, j1, a, b, np.ascontiguousarray(m[j0:j1, a:b].T)))
+    return tuple(out)
+
+
+@functools.lru_cache(maxsize=16)
+def _axis0_strips(n_in: int, n_out: int, max_rows: int) -> tuple:
+    """:func:`_aa_matrix` cut into strips of output rows whose input rows number at most ``max_rows`` (or one
+    output row's taps): ((j0, j1, lo, hi, csr block (j1 - j0, hi - lo)), ...)."""
+    m = _aa_matrix(n_in, n_out)
+    first = m.indices[m.indptr[:-1]]            # each output row's first and last input row (sorted, monotonic)
+    last = m.indices[np.maximum(m.indptr[1:] - 1, 0)]
+    out, j0 = [], 0
+    while j0 < n_out:
+        j1 = j0 + 1
+        while j1 < n_out and last[j1] + 1 - first[j0] <= max_rows:
+            j1 += 1
+        lo, hi = int(first[j0]), int(last[j1 - 1]) + 1
+        out.append((j0, j1, lo, hi, m[j0:j1, lo:hi]))
+        j0 = j1
+    return tuple(out)
+
+
+def _resize_axis0(x: np.ndarray, n_out: int) -> np.ndarray:
+    """(n_in, M) uint8/float32 -> (n_out, M) float32 along axis 0, as sparse products over strips of input rows:
+    only a strip is converted to float (a huge image never is whole), and a strip stays in the CPU's cache (the
+    encoder that runs next finds its weights there)."""
+    out = np.empty((n_out, x.shape[1]), np.float32)
+    for j0, j1, lo, hi, block in _axis0_strips(x.shape[0], n_out, max(1, _STRIP_VALUES // max(1, x.shape[1]))):
+        out[j0:j1] = block @ x[lo:hi].astype(np.float32, copy=False)
     return out
+
+
+def _resize_axis1(x: np.ndarray, n_out: int) -> np.ndarray:
+    """(R, n_in, C) -> (R, n_out, C) float32 along axis 1: the channels made planar (a copy of the small, already
+    resized intermediate), then banded dense products."""
+    r, n_in, c = x.shape
+    rows = np.ascontiguousarray(x.transpose(0, 2, 1), dtype=np.float32).reshape(r * c, n_in)
+    out = np.empty((r * c, n_out), np.float32)
+    for j0, j1, a, b, wt in _aa_bands(n_in, n_out):
+        np.matmul(rows[:, a:b], wt, out=out[:, j0:j1])
+    return out.reshape(r, c, n_out).transpose(0, 2, 1)
 
 
 def resize_uint8(image: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
     """Bilinear (antialiased when shrinking) resize of an (H, W, C) or (H, W) uint8 image: torch's
-    ``F.interpolate(mode="bilinear", align_corners=False, antialias=True)`` on float32 then rounded, in numpy
-    (horizontal pass first like torch; the same values within 1 grey level, nearly all equal). The horizontal
-    pass runs on strips of rows, so a huge image is never converted to float whole; a read-only input
-    (np.asarray of a PIL image) is only read."""
+    ``F.interpolate(mode="bilinear", align_corners=False, antialias=True)`` on float32 then rounded, in numpy and
+    scipy.sparse (the same taps; the vertical pass first, which is cheaper on the large input and needs no
+    transposed copy; the same values within 1 grey level, nearly all equal). A huge image is read in strips of
+    rows, never converted to float whole; a read-only input (np.asarray of a PIL image) is only read."""
     a = np.asarray(image)
     if a.dtype != np.uint8:
         raise ValueError(f"resize: expected a uint8 image, got {a.dtype}")
@@ -167,15 +218,12 @@ def resize_uint8(image: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
         raise ValueError(f"resize: output size must be positive, got {tuple(hw)}")
     x = a if a.ndim == 3 else a[..., None]
     H, W, C = x.shape
-    if w != W:  # strips of rows, as (rows * C, W) float32
-        rows = max(1, _CHUNK_VALUES // max(1, W * C))
-        parts = []
-        for r in range(0, H, rows):
-            strip = x[r:r + rows].transpose(0, 2, 1).reshape(-1, W).astype(np.float32)
-            parts.append(_resample_rows(strip, w).reshape(-1, C, w).transpose(0, 2, 1))
-        x = parts[0] if len(parts) == 1 else np.concatenate(parts)
-    if h != H:  # columns of the (H, w * C) intermediate
-        x = _resample_rows(np.ascontiguousarray(x.reshape(H, -1).T, dtype=np.float32), h).T.reshape(h, w, C)
+    if (h, w) == (H, W):
+        return np.array(a)
+    if h != H:
+        x = _resize_axis0(x.reshape(H, W * C), h).reshape(h, W, C)
+    if w != W:
+        x = _resize_axis1(x, w)
     out = np.clip(np.round(x), 0, 255).astype(np.uint8)
     return out if a.ndim == 3 else out[..., 0]
 

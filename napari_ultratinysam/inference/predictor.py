@@ -207,7 +207,7 @@ class Predictor:
     @staticmethod
     def image_key(image: np.ndarray) -> str:
         a = np.ascontiguousarray(image)
-        h = hashlib.blake2b(a.view(np.uint8).reshape(-1).data, digest_size=16)
+        h = hashlib.sha1(a.view(np.uint8).reshape(-1).data, usedforsecurity=False)  # a cache key: the fastest here
         h.update(str((a.shape, a.dtype.str)).encode())
         return h.hexdigest()
 

@@ -117,14 +117,14 @@ def test_resize_uint8_matches_torch_antialiased_bilinear(hw_in, hw_out):
 
 
 def test_resize_uint8_in_strips_equals_whole(monkeypatch):
-    """A huge image's horizontal pass runs on strips of rows; the result is the one in one piece (up to float
+    """A huge image's vertical pass runs on strips of rows; the result is the one in one piece (up to float
     rounding: the matrix products' summation order depends on their shapes), and a read-only input is accepted
     (np.asarray of a PIL image)."""
     import napari_ultratinysam.core.transforms as T
 
     img = np.random.default_rng(1).integers(0, 256, (301, 257, 3), dtype=np.uint8)
     whole = resize_uint8(img, (97, 128))
-    monkeypatch.setattr(T, "_CHUNK_VALUES", 7 * 257 * 3)
+    monkeypatch.setattr(T, "_STRIP_VALUES", 7 * 257 * 3)
     img.flags.writeable = False
     strips = resize_uint8(img, (97, 128))
     diff = np.abs(strips.astype(int) - whole.astype(int))
