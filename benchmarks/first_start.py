@@ -8,9 +8,9 @@ base dependencies, no torch). Each run is a new process with nothing imported ye
 sample (600x400), then - the clock starts - the annotator is opened from the plugin menu's entry
 (``add_plugin_dock_widget``), one positive click is sent to its prompts layer at once, and the clock stops when the
 widget shows the first non-empty mask (its ``preview_updated`` signal). The model loads on first use, so the
-interval holds the plugin's import, the model load (the shipped ONNX graphs) and the image's encoding. The widget's
-status lines are stamped to find the longest stretch without a new message. Runs a real napari window; without a
-DISPLAY it runs itself again under xvfb-run. ``--write`` puts the table into BENCHMARKS.md.
+interval holds the plugin's import, the model load (the shipped ONNX graphs) and the image's encoding. The
+widget's status lines are stamped when set, to find the longest stretch without a new message. Runs a real napari
+window; without a DISPLAY it runs itself again under xvfb-run. ``--write`` puts the table into BENCHMARKS.md.
 
 ``--backends auto,onnxruntime`` measures the annotator's start-up choice (auto: "openvino bf16" on CPUs with AMX /
 AVX512-BF16, else "onnxruntime") and forced ones (the widget's ``default_backend`` is replaced before the plugin
@@ -82,19 +82,18 @@ def child(backend: str) -> dict:
     messages: list[tuple[float, str]] = []  # (time, text) of every status line the widget shows
 
     def watch(label):
-        last = [label.text()]
+        # every text the widget sets, stamped when set (the widget repaints its status line during work that
+        # keeps the event loop away, so a line set then is on screen; polling would only see the last one)
+        set_text = label.setText
 
-        def poll():
-            if label.text() != last[0]:
-                last[0] = label.text()
-                messages.append((time.perf_counter() - t0, last[0]))
+        def stamped(text):
+            set_text(text)
+            messages.append((time.perf_counter() - t0, str(text)))
 
-        return poll
+        label.setText = stamped
 
-    polls = [watch(x) for x in (w.model_label, w.status_label)]
-    poller = QTimer()
-    poller.timeout.connect(lambda: [p() for p in polls])
-    poller.start(5)
+    for x in (w.model_label, w.status_label):
+        watch(x)
     shown: list[float] = []
     w.preview_updated.connect(lambda seq: shown.append(time.perf_counter()) if seq else None)
     t_end = time.perf_counter() + 60
@@ -128,6 +127,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--backends", default="auto", help="comma-separated: auto, onnxruntime, openvino bf16, ...")
     ap.add_argument("--write", action="store_true", help="write the table into BENCHMARKS.md")
+    ap.add_argument("--python-note", default="", help="how the interpreter was installed (the table says it)")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -160,21 +160,23 @@ def main() -> None:
     worst = max(r["open_to_mask_s"] for r in runs if r["chosen"] != "forced") if any(
         r["chosen"] != "forced" for r in runs) else max(r["open_to_mask_s"] for r in runs)
     body = (f"`benchmarks/first_start.py` - {machine}; napari {runs[0]['napari']}, {runs[0]['qt']} under Xvfb; "
-            f"python: `{sys.executable}`. Each run is a new process with an empty ONNX cache (a fresh install's "
-            f"first start): napari opens the coffee sample (600x400), then the annotator is opened from the plugin "
-            f"menu's entry and one click is sent at once; the clock stops at the first mask shown. The CPU time "
-            f"is what the interval would take on an idle core per thread (the machine is shared: see the load "
+            f"python: {args.python_note or '`' + sys.executable + '`'}. Each run is a new process with an empty "
+            f"ONNX and OpenVINO cache (a fresh install's first start): napari opens the coffee sample (600x400), "
+            f"then the annotator is opened from the plugin menu's entry and one click is sent at once; the clock "
+            f"stops at the first mask shown. The CPU time is what the interval would take on an idle core per "
+            f"thread (the machine is shared: see the load "
             f"average).\n\n"
             f"| run | backend | open annotator -> first mask (s) | CPU time in it, all threads (s) | of which "
             f"opening the widget (s) | longest time without a new status line (s) | process start -> napari window "
             f"(s) | torch imported |\n|---|---|---|---|---|---|---|---|\n{rows}\n\n"
             f"Target: first mask within {TARGET_S:.0f} s of opening the annotator (the start-up choice): "
             f"{'met' if worst <= TARGET_S else 'NOT met'} (slowest run {worst:.2f} s).\n\n"
-            f"Where the time goes: opening the widget is napari creating the annotator's layers and drawing them "
-            f"(software OpenGL under Xvfb), before the widget's first status line; then the model loads on the "
-            f"worker thread behind the line \"building default weights ...\" (onnxruntime: the shipped graphs, no "
-            f"export; openvino bf16: the encoder and the one-click decoder are compiled first, the other decoders "
-            f"in the background), then the embedding and the click. torch is never imported.")
+            f"Where the time goes: the annotator asks for the embedding first (on first use the model loads on "
+            f"the worker thread: onnxruntime runs the shipped graphs, no export; openvino bf16 compiles the encoder "
+            f"and the one-click decoder, the other decoders in the background, and keeps them in its cache for "
+            f"the next start), while napari makes the annotator's four layers on the GUI thread (software OpenGL "
+            f"under Xvfb), each announced by a status line; then the embedding and the click. torch is never "
+            f"imported.")
     print(body)
     if args.write:
         write_section("First start", body)

@@ -113,11 +113,14 @@ class LayersMixin:
         self._key_base = key_base
         self._watch_image_data(layer)
         self._plane = self._current_plane()
+        # the embedding (and on first use the model load) runs on the worker thread while napari makes the layers
+        self._request_embedding()
+        embedding_line = self.status_label.text()
         self._ensure_layers()
+        self.status_label.setText(embedding_line)
         self._clear_prompt_layers()
         self._clear_preview()
         self.viewer.layers.selection.active = self.prompts
-        self._request_embedding()
 
     def _layer_kwargs(self):
         il = self.image_layer
@@ -139,6 +142,8 @@ class LayersMixin:
                 else:
                     # a project never adopts another layer: go_to_image overwrites what it holds
                     found = None if self._in_project() else self._reusable_annotations(shape)
+                    if found is None:
+                        self._layer_step(ANNOTATIONS)
                     self.annotations = found or self.viewer.add_labels(
                         np.zeros(shape, np.uint32), name=ANNOTATIONS, opacity=0.55, **kw)
                 for emitter, slot in ((self.annotations.events.selected_label, self._on_labels_selected),
@@ -155,6 +160,7 @@ class LayersMixin:
                     self.viewer.layers.remove(self.preview)
                 from napari.utils.colormaps import DirectLabelColormap
 
+                self._layer_step(PREVIEW)
                 self.preview = self.viewer.add_labels(
                     np.zeros(shape, np.uint8), name=PREVIEW, opacity=0.55, blending="translucent",
                     colormap=DirectLabelColormap(color_dict={0: (0, 0, 0, 0), 1: PREVIEW_RGBA, None: PREVIEW_RGBA}),
@@ -164,6 +170,7 @@ class LayersMixin:
             if self.box is None or self.box.ndim != ndim:
                 if self.box is not None:
                     self.viewer.layers.remove(self.box)
+                self._layer_step(BOX)
                 self.box = self.viewer.add_shapes(
                     ndim=ndim, name=BOX, edge_color="#00e5ff", face_color="transparent",
                     edge_width=max(1.0, max(shape[-2:]) / 300), **kw)
@@ -171,6 +178,7 @@ class LayersMixin:
             if self.prompts is None or self.prompts.ndim != ndim:
                 if self.prompts is not None:
                     self.viewer.layers.remove(self.prompts)
+                self._layer_step(PROMPTS)
                 self.prompts = self.viewer.add_points(
                     np.zeros((0, ndim)), name=PROMPTS, features={"label": np.zeros(0, np.int64)},
                     size=max(5.0, max(shape[-2:]) / 60), border_color="white", border_width=0.15,
@@ -184,6 +192,12 @@ class LayersMixin:
             self._suspend -= 1
         self._update_annotation_colors()
         self._update_objects_label()
+
+    def _layer_step(self, name: str) -> None:
+        """Say which helper layer napari is making (a few hundred ms each on the GUI thread, over a second for
+        the four on a first start), painted at once: the event loop does not run until they are all made."""
+        self.status_label.setText(f"adding the layer '{name}' ...")
+        self.status_label.repaint()
 
     def _in_project(self) -> bool:
         """Whether the image being annotated is the open project's current image."""
@@ -268,6 +282,8 @@ class LayersMixin:
         name = self.image_layer.name + (f" [slice {self._plane[0]}]" if self._plane else "")
         self.status_label.setText(f"computing the embedding of {name} ...")
         first_use = session.predictor is None
+        if first_use:
+            self.model_label.setText(f"loading {session.spec.describe()} ...")
 
         def run():
             t0 = time.perf_counter()
