@@ -229,13 +229,19 @@ def band_px(cfg: RefineConfig, cell_px: float) -> float:
 
 
 def block_mean(a: np.ndarray, f: int) -> np.ndarray:
-    """``a`` (H, W[, C]) averaged over f x f blocks (edge-padded to a multiple of f), float32."""
+    """``a`` (H, W[, C]) averaged over f x f blocks (edge-padded to a multiple of f), float32. Summed as f * f
+    strided slices (numpy reduces the axes of a blocked reshape an order of magnitude slower); exact for integer
+    images."""
     h, w = a.shape[:2]
     ph, pw = -h % f, -w % f
     if ph or pw:
         a = np.pad(a, ((0, ph), (0, pw)) + ((0, 0),) * (a.ndim - 2), mode="edge")
-    hh, ww = a.shape[0] // f, a.shape[1] // f
-    return a.reshape(hh, f, ww, f, *a.shape[2:]).astype(np.float32).mean(axis=(1, 3))
+    acc = np.uint32 if a.dtype.kind in "ub" else np.float32
+    s = np.zeros((a.shape[0] // f, a.shape[1] // f) + a.shape[2:], acc)
+    for i in range(f):
+        for j in range(f):
+            s += a[i::f, j::f]
+    return s.astype(np.float32) / np.float32(f * f)
 
 
 def click_depth(mask: np.ndarray, x: int, y: int) -> int:
