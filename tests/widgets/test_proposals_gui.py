@@ -106,7 +106,14 @@ def test_propose_again_skips_annotated_and_clicks_correct_a_proposal(annotator, 
     w.hover_check.setChecked(False)
     _propose(qtbot, w)
     ps = w.proposal_set
-    i = next(i for i in range(1, 25) if w.proposal_at(*_centre(gt, i)))
+
+    def iou(i):  # of coin i and the proposal at its centre (0: none there)
+        pid = w.proposal_at(*_centre(gt, i))
+        a, b = ps.labels == pid, gt == i
+        return 0.0 if not pid else (a & b).sum() / (a | b).sum()
+
+    i = max(range(1, 25), key=iou)  # the coin its proposal fits best: the box drawn around it holds that coin
+    assert iou(i) >= 0.5
     pid = w.proposal_at(*_centre(gt, i))
     # correct it with clicks: a box around the coin, then C; the proposal it covers is done with
     ys, xs = np.nonzero(ps.labels == pid)
