@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import os
 from importlib import resources
 from pathlib import Path
 
@@ -89,3 +90,10 @@ def sample_path(name: str) -> Path:
     if not p.is_file():
         raise FileNotFoundError(f"{p}: sample image missing (reinstall the package)")
     return p
+
+
+def cache_root() -> Path:
+    """Where built graphs are cached (ONNX exports, int8 graphs, OpenVINO's compiled blobs): ``UTSAM_CACHE_DIR``,
+    else ``~/.cache/napari-ultratinysam``."""
+    env = os.environ.get("UTSAM_CACHE_DIR")
+    return Path(env) if env else Path.home() / ".cache" / "napari-ultratinysam"

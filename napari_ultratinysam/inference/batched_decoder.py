@@ -95,7 +95,8 @@ def batched_decoder(predictor, model=None, batch_size: int = 64) -> BatchedDecod
         return BatchedDecoder(run_torch, "torch")
     if model is None or name not in ("onnx", "openvino") or getattr(backend, "precision", "float") == "int8":
         return None
-    from napari_ultratinysam.inference.int8 import cache_root, model_key
+    from napari_ultratinysam.core.paths import cache_root
+    from napari_ultratinysam.inference.int8 import model_key
 
     path = cache_root() / model_key(model) / f"batched-{BATCH_FORMAT}" / "decoder_batch.onnx"
     if not path.is_file():

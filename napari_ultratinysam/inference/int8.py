@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from napari_ultratinysam.core.io import atomic_path, atomic_write_json
-from napari_ultratinysam.core.paths import WEIGHTS_DIR
+from napari_ultratinysam.core.paths import WEIGHTS_DIR, cache_root
 from napari_ultratinysam.inference.backends.onnx import NOMASK_DECODER
 
 log = logging.getLogger(__name__)
@@ -327,11 +327,6 @@ def _inline_external_data(path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- cache
-def cache_root() -> Path:
-    env = os.environ.get("UTSAM_CACHE_DIR")
-    return Path(env) if env else Path.home() / ".cache" / "napari-ultratinysam"
-
-
 def _file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

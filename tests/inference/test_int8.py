@@ -8,6 +8,7 @@ from PIL import Image
 
 from napari_ultratinysam.cli.main import main
 from napari_ultratinysam.core.paths import SAMPLE_DIR as SAMPLE_DATA
+from napari_ultratinysam.core.paths import cache_root
 from napari_ultratinysam.inference import int8 as rq
 from napari_ultratinysam.inference.backends.onnx import OnnxBackend
 from napari_ultratinysam.inference.predictor import Predictor
@@ -164,7 +165,7 @@ def test_cache_is_reused(shipped_int8, monkeypatch):
     p = Predictor.from_default(backend="onnx", precision="int8")
     assert p.backend.precision == "int8" and p.backend.folder == shipped_int8
     assert (shipped_int8 / "decoder.onnx").stat().st_mtime_ns == stamp
-    assert rq.cache_root() in shipped_int8.parents
+    assert cache_root() in shipped_int8.parents
 
 
 def test_float_folder_is_cached_and_rebuilt_when_stale(tiny_model, cache_dir, monkeypatch):

@@ -158,7 +158,7 @@ class OpenVinoBackend:
         self.image_size = self.cfg.image_size
         self.lowres_size = self.cfg.image_size // 4
         core = ov.Core()
-        from napari_ultratinysam.inference.int8 import cache_root
+        from napari_ultratinysam.core.paths import cache_root
 
         # OpenVINO keeps the compiled graphs there: later starts skip the compilation (keyed by model and CPU);
         # where the cache cannot be made, every start compiles
