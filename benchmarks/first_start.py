@@ -161,7 +161,7 @@ def main() -> None:
         r["chosen"] != "forced" for r in runs) else max(r["open_to_mask_s"] for r in runs)
     body = (f"`benchmarks/first_start.py` - {machine}; napari {runs[0]['napari']}, {runs[0]['qt']} under Xvfb; "
             f"python: {args.python_note or '`' + sys.executable + '`'}. Each run is a new process with an empty "
-            f"ONNX and OpenVINO cache (a fresh install's first start): napari opens the coffee sample (600x400), "
+            f"ONNX cache (a fresh install's first start): napari opens the coffee sample (600x400), "
             f"then the annotator is opened from the plugin menu's entry and one click is sent at once; the clock "
             f"stops at the first mask shown. The CPU time is what the interval would take on an idle core per "
             f"thread (the machine is shared: see the load "
@@ -173,10 +173,9 @@ def main() -> None:
             f"{'met' if worst <= TARGET_S else 'NOT met'} (slowest run {worst:.2f} s).\n\n"
             f"Where the time goes: the annotator asks for the embedding first (on first use the model loads on "
             f"the worker thread: onnxruntime runs the shipped graphs, no export; openvino bf16 compiles the encoder "
-            f"and the one-click decoder, the other decoders in the background, and keeps them in its cache for "
-            f"the next start), while napari makes the annotator's four layers on the GUI thread (software OpenGL "
-            f"under Xvfb), each announced by a status line; then the embedding and the click. torch is never "
-            f"imported.")
+            f"and the one-click decoder, the other decoders in the background), while napari makes the "
+            f"annotator's four layers on the GUI thread (software OpenGL under Xvfb), each announced by a status "
+            f"line; then the embedding and the click. torch is never imported.")
     print(body)
     if args.write:
         write_section("First start", body)

@@ -269,19 +269,3 @@ def test_exit_right_after_load_waits_for_the_background_compile():
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-1500:]
 
-
-def test_compiled_graphs_are_cached_and_an_unusable_cache_is_skipped(onnx_folder, tmp_path, monkeypatch):
-    """OpenVINO keeps its compiled graphs under the cache root (a second start loads them: the same outputs);
-    a cache root that cannot be made (a file in its place) only means compiling every time."""
-    x = np.random.default_rng(2).standard_normal((1, 3, 128, 128)).astype(np.float32)
-    monkeypatch.setenv("UTSAM_CACHE_DIR", str(tmp_path / "cache"))
-    first = OpenVinoBackend(onnx_folder, precision="float", background=False)
-    blobs = list((tmp_path / "cache" / "openvino").glob("*.blob"))
-    assert len(blobs) >= 2  # the encoder and the decoders
-    second = OpenVinoBackend(onnx_folder, precision="float", background=False)
-    a, b = first.encode(x), second.encode(x)
-    assert all(np.array_equal(a[k], b[k]) for k in a)
-    (tmp_path / "file").write_text("not a folder")
-    monkeypatch.setenv("UTSAM_CACHE_DIR", str(tmp_path / "file"))
-    third = OpenVinoBackend(onnx_folder, precision="float", background=False)
-    assert all(np.array_equal(a[k], v) for k, v in third.encode(x).items())

@@ -158,16 +158,6 @@ class OpenVinoBackend:
         self.image_size = self.cfg.image_size
         self.lowres_size = self.cfg.image_size // 4
         core = ov.Core()
-        from napari_ultratinysam.core.paths import cache_root
-
-        # OpenVINO keeps the compiled graphs there: later starts skip the compilation (keyed by model and CPU);
-        # where the cache cannot be made, every start compiles
-        compiled_cache = cache_root() / "openvino"
-        try:
-            compiled_cache.mkdir(parents=True, exist_ok=True)
-            core.set_property({"CACHE_DIR": str(compiled_cache)})
-        except OSError:
-            pass
         self._int8_matmuls = 0  # over all decoder graphs (bf16 only)
         self._dec_any_req = None
         self._nomask_reqs: dict[int | None, object] = {}  # no-mask requests, by number of points (None: any)
