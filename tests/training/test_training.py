@@ -246,7 +246,7 @@ def test_loss_first_round_weights_the_first_prompt(monkeypatch):
         step = loop_mod.SimulatedStep(build_model("tiny_test"), pc, LossConfig(first_round=w))
         loss, _ = step(images, masks, valid)
         assert len(seen) == 3
-        assert float(loss) == pytest.approx((w * seen[0] + seen[1] + seen[2]) / (w + 2), rel=1e-5)
+        assert float(loss.detach()) == pytest.approx((w * seen[0] + seen[1] + seen[2]) / (w + 2), rel=1e-5)
     assert seen[0] != pytest.approx(seen[2])   # the rounds differ, so the weight changes the mean
 
 
