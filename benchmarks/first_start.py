@@ -171,11 +171,12 @@ def main() -> None:
             f"(s) | torch imported |\n|---|---|---|---|---|---|---|---|\n{rows}\n\n"
             f"Target: first mask within {TARGET_S:.0f} s of opening the annotator (the start-up choice): "
             f"{'met' if worst <= TARGET_S else 'NOT met'} (slowest run {worst:.2f} s).\n\n"
-            f"Where the time goes: the annotator asks for the embedding first (on first use the model loads on "
-            f"the worker thread: onnxruntime runs the shipped graphs, no export; openvino bf16 compiles the encoder "
-            f"and the one-click decoder, the other decoders in the background), while napari makes the "
-            f"annotator's four layers on the GUI thread (software OpenGL under Xvfb), each announced by a status "
-            f"line; then the embedding and the click. torch is never imported.")
+            f"Where the time goes: napari makes the annotator's annotations layer on the GUI thread (software "
+            f"OpenGL under Xvfb); then the annotator asks for the embedding (on first use the model loads on the "
+            f"worker thread: onnxruntime runs the shipped graphs, no export; openvino bf16 compiles the encoder and "
+            f"the one-click decoder, the other decoders in the background) while napari makes the other three "
+            f"layers, each layer announced by a status line; then the embedding and the click. torch is never "
+            f"imported.")
     print(body)
     if args.write:
         write_section("First start", body)
