@@ -93,7 +93,7 @@ def sample_path(name: str) -> Path:
 
 
 def cache_root() -> Path:
-    """Where built graphs are cached (ONNX exports, int8 graphs, OpenVINO's compiled blobs): ``UTSAM_CACHE_DIR``,
-    else ``~/.cache/napari-ultratinysam``."""
+    """Where built graphs are cached (ONNX exports, int8 graphs, the batched decoder): ``UTSAM_CACHE_DIR``, else
+    ``~/.cache/napari-ultratinysam``."""
     env = os.environ.get("UTSAM_CACHE_DIR")
     return Path(env) if env else Path.home() / ".cache" / "napari-ultratinysam"

@@ -268,4 +268,3 @@ def test_exit_right_after_load_waits_for_the_background_compile():
               "assert not b._compiled.is_set(), 'compiled before the exit: nothing tested'\n")
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-1500:]
-

@@ -115,16 +115,14 @@ class LayersMixin:
         self._plane = self._current_plane()
         # the embedding (and on first use the model load) runs on the worker thread while napari makes the other
         # layers; not during the first one: that is the longest, and the load's Python parts would slow it down
-        line = []
+        embedding_line = []
 
         def request():
-            if not line:
-                self._request_embedding()
-                line.append(self.status_label.text())
+            self._request_embedding()
+            embedding_line.append(self.status_label.text())
 
         self._ensure_layers(after_first=request)
-        request()  # no layer was made
-        self.status_label.setText(line[0])
+        self.status_label.setText(embedding_line[0])  # the layer steps' lines are done
         self._clear_prompt_layers()
         self._clear_preview()
         self.viewer.layers.selection.active = self.prompts
@@ -133,8 +131,9 @@ class LayersMixin:
         il = self.image_layer
         return {"scale": il.scale, "translate": il.translate}
 
-    def _ensure_layers(self, after_first=None) -> None:
-        """Make the helper layers this image needs; ``after_first()`` runs once the annotations layer exists."""
+    def _ensure_layers(self, after_first) -> None:
+        """Make the helper layers this image needs; ``after_first()`` runs once, when the annotations layer exists
+        (made, adopted or kept), before the other layers are made."""
         shape = self.spatial_shape()
         ndim = len(shape)
         kw = self._layer_kwargs()
@@ -159,8 +158,7 @@ class LayersMixin:
                     emitter.disconnect(slot)  # connected once, however often the layer is adopted again
                     emitter.connect(slot)
                 self.model = AnnotationModel(self.annotations.data, self._classes)
-            if after_first is not None:
-                after_first()
+            after_first()
             if self.preview is not None and self.preview.data.shape != shape and self.preview.ndim == ndim:
                 self.preview.data = np.zeros(shape, np.uint8)  # resized in place: no layer churn between images
                 self.preview.scale, self.preview.translate = kw["scale"], kw["translate"]
